@@ -1,0 +1,7 @@
+"""Criteria registered by the plugin."""
+from fairseq_efficiency.criterions.sentence_cross_entropy import (  # noqa: F401
+    SENTENCE_LOSS,
+    SENTENCE_NTOKENS,
+    SentenceCrossEntropyCriterion,
+    sentence_nll,
+)

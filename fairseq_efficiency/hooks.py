@@ -1,0 +1,159 @@
+"""The hook protocol through which each technique plugs into ``translation_efficiency``.
+
+fairseq lets a run choose one task, one criterion and one model. The
+``translation_efficiency`` task is therefore the host, and every technique
+(AutoAssist, meProp/meSimp, magnitude pruning, ...) is an
+:class:`EfficiencyHook` that the task calls at fixed points of training. A hook
+keeps its own state, never touches another hook, and does nothing the task
+does not ask of it; with no hook enabled the task *is* fairseq's translation
+task.
+
+Call order inside one ``fairseq-train`` run::
+
+    setup(task)                             once, after the task is built
+    on_model_built(model)                   after task.build_model (also at generate time)
+    [load_state_dict(state)]                on resume, from the checkpoint
+    loop over epochs:
+        on_epoch_start(epoch, model)
+        loop over updates:
+            before_train_step(sample, model, update_num)
+            after_train_step(StepOutput)    loss is known; backward is done
+            before_optimizer_step(model, optimizer, update_num)   grads are final
+            after_optimizer_step(model, optimizer, update_num)
+        on_valid_epoch_start(epoch, model)
+        [state_dict()]                      when fairseq saves a checkpoint
+    close()                                 at exit (stop worker threads, flush files)
+
+A hook may also own the training batch iterator (only one hook per run may:
+AutoAssist-style instance selection) by returning an iterator from
+:meth:`EfficiencyHook.train_batch_iterator`.
+"""
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+
+
+@dataclass
+class StepOutput:
+    """What a hook sees after the forward/backward of one training batch.
+
+    ``sentence_loss`` is each sentence's token-mean negative log-likelihood
+    (no label smoothing, padding excluded), detached, aligned with ``ids``
+    (the dataset indices of the sample's sentences). It is ``None`` when the
+    criterion does not expose per-sentence losses (see
+    :class:`fairseq_efficiency.criterions.SentenceCrossEntropyCriterion`).
+    """
+
+    sample: Dict[str, Any]
+    ids: torch.Tensor
+    sentence_loss: Optional[torch.Tensor]
+    sentence_ntokens: Optional[torch.Tensor]
+    loss: torch.Tensor
+    sample_size: int
+    update_num: int
+    ignore_grad: bool
+
+
+class EfficiencyHook:
+    """Base class: every method is a no-op, override what the technique needs.
+
+    Attributes:
+        name: key under which the hook's state is stored in checkpoints.
+        needs_sentence_losses: the task refuses to start when this is True and
+            the chosen criterion does not report per-sentence losses.
+    """
+
+    name = "hook"
+    needs_sentence_losses = False
+
+    def setup(self, task):
+        """Called once with the task, after its dictionaries are loaded."""
+
+    def on_model_built(self, model):
+        """Called with the freshly built model (training and generation)."""
+
+    def on_epoch_start(self, epoch: int, model):
+        """Start of training epoch ``epoch`` (1-based)."""
+
+    def on_valid_epoch_start(self, epoch: int, model):
+        """Start of validation after training epoch ``epoch``."""
+
+    def before_train_step(self, sample, model, update_num: int):
+        """Before the forward pass of one training batch."""
+
+    def after_train_step(self, out: StepOutput):
+        """After forward + backward of one batch (per-sentence losses available)."""
+
+    def before_optimizer_step(self, model, optimizer, update_num: int):
+        """Gradients are all-reduced and clipped; the parameters not yet updated."""
+
+    def after_optimizer_step(self, model, optimizer, update_num: int):
+        """The optimizer has updated the parameters."""
+
+    def train_batch_iterator(self, task, dataset, **kwargs):
+        """Return an ``EpochBatchIterator`` for the training set, or ``None``.
+
+        ``kwargs`` are those of :meth:`fairseq.tasks.FairseqTask.get_batch_iterator`.
+        """
+        return None
+
+    def reduce_metrics(self, logging_outputs):
+        """Log the hook's own metrics through :mod:`fairseq.logging.metrics`."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Picklable state saved in the checkpoint's extra state."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]):
+        """Restore what :meth:`state_dict` returned."""
+
+    def close(self):
+        """Release threads, processes or files."""
+
+
+class HookList:
+    """Runs the enabled hooks in order; owns the checkpointed state of all of them."""
+
+    def __init__(self, hooks=()):
+        self.hooks = list(hooks)
+        names = [h.name for h in self.hooks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"two efficiency hooks share the name(s) {sorted(dup)}")
+        owners = [h.name for h in self.hooks
+                  if type(h).train_batch_iterator is not EfficiencyHook.train_batch_iterator]
+        if len(owners) > 1:
+            raise ValueError(f"only one feature may own the training batch iterator, got {owners}")
+
+    def __iter__(self):
+        return iter(self.hooks)
+
+    def __len__(self):
+        return len(self.hooks)
+
+    def __bool__(self):
+        return bool(self.hooks)
+
+    @property
+    def needs_sentence_losses(self):
+        return any(h.needs_sentence_losses for h in self.hooks)
+
+    def call(self, method, *args, **kwargs):
+        for h in self.hooks:
+            getattr(h, method)(*args, **kwargs)
+
+    def train_batch_iterator(self, task, dataset, **kwargs):
+        for h in self.hooks:
+            itr = h.train_batch_iterator(task, dataset, **kwargs)
+            if itr is not None:
+                return itr
+        return None
+
+    def state_dict(self):
+        return {h.name: h.state_dict() for h in self.hooks}
+
+    def load_state_dict(self, state):
+        for h in self.hooks:
+            if h.name in state:
+                h.load_state_dict(state[h.name])

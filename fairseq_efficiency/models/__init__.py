@@ -1,0 +1,1 @@
+"""Model architectures registered by the plugin."""

@@ -1,0 +1,133 @@
+"""``translation_efficiency``: fairseq's translation task + composable efficiency hooks.
+
+With no feature switched on this task is ``translation`` loss for loss (tested
+in ``tests/test_task.py``). Each technique adds fields to
+:class:`TranslationEfficiencyConfig` (through its own config mixin) and an
+:class:`~fairseq_efficiency.hooks.EfficiencyHook` built from them; see
+:mod:`fairseq_efficiency.hooks` for the call protocol.
+
+Checkpoints: the hooks' state goes into the checkpoint's ``extra_state`` under
+``"TranslationEfficiencyTask"`` through fairseq's own
+``get_checkpoint_dict``/``set_checkpoint_dict`` task API, so resuming with
+``fairseq-train`` restores it and plain fairseq tools ignore it.
+"""
+import atexit
+import logging
+from dataclasses import dataclass
+
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
+from fairseq_efficiency.features import build_hooks
+from fairseq_efficiency.hooks import HookList, StepOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TranslationEfficiencyConfig(TranslationConfig):
+    """TranslationConfig plus the options of every efficiency technique."""
+
+
+@register_task("translation_efficiency", dataclass=TranslationEfficiencyConfig)
+class TranslationEfficiencyTask(TranslationTask):
+    """Translation task that hosts efficiency techniques as hooks."""
+
+    cfg: TranslationEfficiencyConfig
+
+    def __init__(self, cfg, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self.hooks = HookList(build_hooks(cfg))
+        self._train_splits = set()
+        for hook in self.hooks:
+            hook.setup(self)
+        if self.hooks:
+            logger.info("efficiency features: %s", ", ".join(h.name for h in self.hooks))
+            atexit.register(self.hooks.call, "close")
+
+    # -- data -------------------------------------------------------------------
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        if combine:  # fairseq's trainer loads training data with combine=True only
+            self._train_splits.add(split)
+        return super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+
+    def is_train_dataset(self, dataset):
+        return any(self.datasets.get(s) is dataset for s in self._train_splits)
+
+    def get_batch_iterator(self, dataset, **kwargs):
+        if self.hooks and self.is_train_dataset(dataset):
+            itr = self.hooks.train_batch_iterator(self, dataset, **kwargs)
+            if itr is not None:
+                return itr
+        return super().get_batch_iterator(dataset, **kwargs)
+
+    # -- model and criterion --------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self.hooks.call("on_model_built", model)
+        return model
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.hooks.needs_sentence_losses:
+            if not getattr(criterion, "supports_sentence_loss", False):
+                names = [h.name for h in self.hooks if h.needs_sentence_losses]
+                raise ValueError(
+                    f"{', '.join(names)} needs per-sentence losses: use "
+                    "--criterion sentence_cross_entropy (same loss as "
+                    f"label_smoothed_cross_entropy), not {type(criterion).__name__}"
+                )
+            criterion.report_sentence_loss = True
+        return criterion
+
+    # -- training loop --------------------------------------------------------------
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        self.hooks.call("on_epoch_start", epoch, model)
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        self.hooks.call("on_valid_epoch_start", epoch, model)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if not self.hooks:
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        self.hooks.call("before_train_step", sample, model, update_num)
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, criterion, optimizer, update_num, ignore_grad
+        )
+        out = StepOutput(
+            sample=sample,
+            ids=sample["id"],
+            sentence_loss=logging_output.pop(SENTENCE_LOSS, None),
+            sentence_ntokens=logging_output.pop(SENTENCE_NTOKENS, None),
+            loss=loss,
+            sample_size=sample_size,
+            update_num=update_num,
+            ignore_grad=ignore_grad,
+        )
+        self.hooks.call("after_train_step", out)
+        return loss, sample_size, logging_output
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        logging_output.pop(SENTENCE_LOSS, None)
+        logging_output.pop(SENTENCE_NTOKENS, None)
+        return loss, sample_size, logging_output
+
+    def optimizer_step(self, optimizer, model, update_num):
+        self.hooks.call("before_optimizer_step", model, optimizer, update_num)
+        super().optimizer_step(optimizer, model, update_num)
+        self.hooks.call("after_optimizer_step", model, optimizer, update_num)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        self.hooks.call("reduce_metrics", logging_outputs)
+
+    # -- checkpoints: fairseq's task checkpoint API ---------------------------------------
+    def get_checkpoint_dict(self):
+        return {type(self).__name__: {"hooks": self.hooks.state_dict()}} if self.hooks else {}
+
+    def set_checkpoint_dict(self, state):
+        self.hooks.load_state_dict(state.get("hooks", {}))
