@@ -1,59 +1,11 @@
-"""Shared fixtures: a tiny embedded-corpus data-bin and a fairseq CLI runner."""
-import os
-import subprocess
-import sys
-
+"""Shared fixtures (helpers live in tests/helpers.py)."""
 import pytest
 
-from fairseq_efficiency.cli.userdir import userdir
 from fairseq_efficiency.data.prepare import prepare
-from fairseq_efficiency.data.synthetic import CorpusConfig
-
-TINY = CorpusConfig(seed=3, train_size=600, valid_size=60, test_size=60,
-                    nouns=60, verbs=30, adjectives=30, adverbs=10, max_len=20)
-
-# a model small enough that a few updates take well under a second
-TINY_LSTM = [
-    "--arch", "lstm", "--encoder-embed-dim", "16", "--encoder-hidden-size", "16",
-    "--decoder-embed-dim", "16", "--decoder-hidden-size", "16",
-    "--decoder-out-embed-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
-]
+from tests.helpers import TINY
 
 
 @pytest.fixture(scope="session")
 def tiny_data_bin(tmp_path_factory):
     """A 600-pair data-bin (built once per test session)."""
     return prepare(str(tmp_path_factory.mktemp("tiny")), TINY)
-
-
-def cli_env():
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
-
-
-def run_cli(module, args, cwd=None, check=True, timeout=600, env=None):
-    """Run ``python -m module args`` (e.g. ``fairseq_cli.train``) and return the result.
-
-    fairseq CLIs are run as subprocesses, exactly as a user runs them.
-    """
-    cmd = [sys.executable, "-m", module] + [str(a) for a in args]
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                         env=env or cli_env())
-    if check and res.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-        )
-    return res
-
-
-def train_args(data_bin, save_dir, *extra):
-    """Common fairseq-train arguments for a tiny CPU run with the plugin."""
-    return [
-        data_bin, "--user-dir", userdir(), "--cpu", "--seed", "1", "--num-workers", "0",
-        "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "1000",
-        "--save-dir", save_dir, "--log-format", "simple", "--log-interval", "1",
-        "--no-progress-bar",
-        *TINY_LSTM, *extra,
-    ]
