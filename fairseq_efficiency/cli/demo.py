@@ -16,6 +16,7 @@ already-tokenized text, ``tokenize="none"``), ``train s`` the wall time of the
 import argparse
 import importlib
 import json
+import logging
 import os
 import pkgutil
 import re
@@ -245,6 +246,7 @@ def main(argv=None):
 
     os.makedirs(args.workdir, exist_ok=True)
     print(f"[demo] preparing the embedded corpus in {args.workdir}/ ...", flush=True)
+    logging.getLogger("fairseq_cli.preprocess").setLevel(logging.WARNING)
     data_bin = prepare(args.workdir, DEMO_CORPUS)
     ctx = DemoContext(data_bin=data_bin, workdir=args.workdir, threads=args.threads)
     rows = []
