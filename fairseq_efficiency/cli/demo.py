@@ -170,6 +170,7 @@ def generate_bleu(data_bin, checkpoint, threads=2, extra_args=(), log_path=None,
     if res.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed on {checkpoint}:\n" + res.stderr[-2000:])
     hyps, refs = parse_generate_output(res.stdout)
+    logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the text is tokenized on purpose
     return round(sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score, 2)
 
 
