@@ -61,8 +61,7 @@ def data_checksum(prefix, src, tgt, chunk=1 << 22):
 
 
 def read_token_ids(path):
-    """Flat token-id array, per-sentence lengths and the dataset (keep it alive: the array
-    may be a view of its memory map)."""
+    """Flat token-id array (a copy, in the data's compact dtype) and per-sentence lengths."""
     from fairseq.data import indexed_dataset
 
     impl = indexed_dataset.infer_dataset_impl(path)
@@ -79,10 +78,10 @@ def read_token_ids(path):
             pointers[0] == 0 and np.array_equal(pointers[1:], np.cumsum(sizes[:-1]) * dtype.itemsize)
         )
         if contiguous:
-            tokens = np.frombuffer(ds._bin_buffer, dtype=dtype, count=total)
-            return tokens, sizes, ds
+            tokens = np.frombuffer(ds._bin_buffer, dtype=dtype, count=total).copy()
+            return tokens, sizes
     tokens = np.concatenate([ds[i].numpy() for i in range(len(ds))]) if len(ds) else np.zeros(0, np.int64)
-    return tokens, sizes, ds
+    return tokens, sizes
 
 
 def _counts(tokens, sizes, nspecial, offset, n_cols, row_lo, row_hi, starts):
@@ -103,8 +102,8 @@ def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_row
     """TF-IDF matrix (CSR, float32, one L2-normalised row per pair) of a binarized split."""
     from sklearn.feature_extraction.text import TfidfTransformer
 
-    s_tok, s_sizes, s_ds = read_token_ids(prefix + src)
-    t_tok, t_sizes, t_ds = read_token_ids(prefix + tgt)
+    s_tok, s_sizes = read_token_ids(prefix + src)
+    t_tok, t_sizes = read_token_ids(prefix + tgt)
     if len(s_sizes) != len(t_sizes):
         raise ValueError(f"{prefix}: {len(s_sizes)} source vs {len(t_sizes)} target sentences")
     n = len(s_sizes)
@@ -125,7 +124,6 @@ def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_row
     out = [tfidf.transform(c).astype(np.float32) for c in chunks]
     x = sp.vstack(out, format="csr") if out else sp.csr_matrix((0, n_cols), dtype=np.float32)
     x.indices = x.indices.astype(np.int32, copy=False)
-    del s_ds, t_ds  # the token views above are no longer used
     return x
 
 

@@ -59,10 +59,12 @@ class CandidateStream:
         return np.concatenate(out)
 
     def state_dict(self):
-        return {"perm": self.perm.copy(), "pos": self.pos, "passes": self.passes}
+        return {"perm": self.perm.copy(), "pos": self.pos, "passes": self.passes,
+                "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, st):
         self.perm, self.pos, self.passes = np.asarray(st["perm"], np.int64), st["pos"], st["passes"]
+        self.rng.bit_generator.state = st["rng"]
 
 
 class RefillBatcher:
@@ -253,9 +255,9 @@ class AssistWorker:
         """Load a snapshot (before the thread starts, or with it paused by the lock)."""
         with self.lock:
             self.selector.load_state_dict(st["selector"])
-            self.stream.load_state_dict(st["stream"])
             self.batcher.pool = np.asarray(st["pool"], dtype=np.int64)
             self.rng.bit_generator.state = st["rng"]
+            self.stream.load_state_dict(st["stream"])  # after: the stream may share the RNG
             with self.boss_q.mutex:
                 self.boss_q.queue.clear()
             with self.assist_q.mutex:
