@@ -88,7 +88,8 @@ class Assistant:
             self.last_accuracy = acc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.clf.partial_fit(x, z, classes=np.array([0, 1]))
+            # float64 always, so a restored classifier sees the dtype it was built with
+            self.clf.partial_fit(x.astype(np.float64), z, classes=np.array([0, 1]))
         self.coef = self.clf.coef_.ravel()
         self.intercept = float(self.clf.intercept_[0])
         self.fitted = True
@@ -119,7 +120,7 @@ class Assistant:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.clf.partial_fit(sp.csr_matrix((1, self.n_features)), [0], classes=np.array([0, 1]))
+                self.clf.partial_fit(sp.csr_matrix((1, self.n_features), dtype=np.float64), [0], classes=np.array([0, 1]))
             self.clf.coef_ = np.array(st["coef"], dtype=np.float64)
             self.clf.intercept_ = np.array(st["intercept"], dtype=np.float64)
             self.clf.t_ = st["t"]

@@ -63,6 +63,7 @@ class InstanceSelectionHook(EfficiencyHook):
         self._gathered_at = None
         self._pending_state = None
         self._in_valid = False
+        self.restored_from = None  # fingerprint of the Assistant this run resumed from
 
     def setup(self, task):
         self.task = task
@@ -206,7 +207,8 @@ class InstanceSelectionHook(EfficiencyHook):
     # -- checkpoints -----------------------------------------------------------------------
     def _snapshot(self):
         return {"worker": self.worker.snapshot(), "boss_tokens": self.boss_tokens,
-                "num_batches": dict(self.itr._num_batches) if self.itr is not None else {}}
+                "num_batches": dict(self.itr._num_batches) if self.itr is not None else {},
+                "fingerprint": self.fingerprint(), "restored_from": self.restored_from}
 
     def fingerprint(self):
         sel = self.worker.selector
@@ -254,6 +256,7 @@ class InstanceSelectionHook(EfficiencyHook):
         mine = state["ranks"][self.rank]
         self.worker.restore(mine["worker"])
         self.boss_tokens = mine["boss_tokens"]
+        self.restored_from = self.fingerprint()
         if self.itr is not None:
             self._restore_plan(state)
         logger.info("%s: restored worker %d state, Assistant %s", self.selection, self.rank,

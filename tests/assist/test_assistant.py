@@ -18,7 +18,7 @@ def toy(n=4000, d=50, seed=0):
         f = list(rng.choice(np.arange(2, d), 4, replace=False)) + [0 if hard[i] else 1]
         rows += [i] * len(f)
         cols += f
-    x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, d))
+    x = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, d))  # as stored
     loss = np.where(hard, 6.0, 2.0) + rng.normal(0, 0.3, n)
     return x, loss, hard
 
