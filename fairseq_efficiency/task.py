@@ -20,6 +20,7 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
 from fairseq_efficiency.features import build_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationEfficiencyConfig(TranslationConfig):
+class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig):
     """TranslationConfig plus the options of every efficiency technique."""
 
 

@@ -1,0 +1,73 @@
+"""Options of instance selection (AutoAssist and baselines), mixed into the task config."""
+from dataclasses import dataclass, field
+
+from fairseq.dataclass import ChoiceEnum
+
+SELECTION_CHOICES = ChoiceEnum(["uniform", "autoassist", "self-paced", "dynamic-sampling"])
+
+
+@dataclass
+class AutoAssistConfig:
+    instance_selection: SELECTION_CHOICES = field(
+        default="uniform",
+        metadata={"help": "which training instances reach the model: uniform (fairseq's own "
+                  "batches), autoassist (a learned Assistant shrinks low-loss instances, Zhang "
+                  "et al. 2019), self-paced (SPL) or dynamic-sampling (Wang et al. 2018). "
+                  "Non-uniform choices need --criterion sentence_cross_entropy"},
+    )
+    assist_lr: float = field(
+        default=0.1, metadata={"help": "Assistant learning rate eta (eq. 5; constant, per instance)"})
+    assist_l2: float = field(
+        default=1e-4, metadata={"help": "Assistant L2 weight decay lambda (eq. 5)"})
+    assist_threshold_decay: float = field(
+        default=0.99, metadata={"help": "EMA decay of the loss threshold T_k over Boss batches "
+                                "(bias-corrected)"})
+    assist_confidence_decay: float = field(
+        default=0.95, metadata={"help": "EMA decay of the confidence rho_k over the Assistant's "
+                                "accuracy (rho_0 = 0)"})
+    assist_min_keep: float = field(
+        default=0.0, metadata={"help": "floor on a candidate's keep probability 1 - rho + rho*g"})
+    assist_queue_size: int = field(
+        default=16, metadata={"help": "capacity (batches) of the Boss queue; the Assistant queue "
+                              "holds 4x as many loss batches (section 4.2)"})
+    assist_pool_batches: int = field(
+        default=8, metadata={"help": "kept candidates are pooled, length-sorted and cut into "
+                             "full batches this many batches at a time"})
+    assist_rebuild_features: bool = field(
+        default=False, metadata={"help": "rebuild the cached TF-IDF features even if valid"})
+    spl_start_quantile: float = field(
+        default=0.5, metadata={"help": "self-paced: share of instances (lowest losses) kept in "
+                               "epoch 2"})
+    spl_growth: float = field(
+        default=1.3, metadata={"help": "self-paced: per-epoch growth factor of that share"})
+    ds_sample_rate: float = field(
+        default=0.8, metadata={"help": "dynamic-sampling: expected share of instances per epoch"})
+    ds_review_share: float = field(
+        default=0.2, metadata={"help": "dynamic-sampling: share of the sample drawn uniformly "
+                               "(review) instead of by loss decline"})
+
+
+def validate(cfg):
+    """Reject invalid values with one clear message."""
+    sel = str(getattr(cfg, "instance_selection", "uniform"))
+    if sel not in SELECTION_CHOICES.__members__ and sel not in [str(c) for c in SELECTION_CHOICES]:
+        raise ValueError(f"--instance-selection must be one of uniform, autoassist, self-paced, "
+                         f"dynamic-sampling; got {sel!r}")
+    checks = [
+        ("assist_lr", lambda v: v > 0, "> 0"),
+        ("assist_l2", lambda v: v >= 0, ">= 0"),
+        ("assist_threshold_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("assist_confidence_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("assist_min_keep", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("assist_queue_size", lambda v: v >= 2, ">= 2"),
+        ("assist_pool_batches", lambda v: v >= 2, ">= 2"),
+        ("spl_start_quantile", lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("spl_growth", lambda v: v >= 1, ">= 1"),
+        ("ds_sample_rate", lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("ds_review_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ]
+    for name, ok, what in checks:
+        v = getattr(cfg, name)
+        if not ok(v):
+            raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {v}")
+    return sel

@@ -1,0 +1,274 @@
+"""Asynchronous batch generation and Assistant learning (AutoAssist, section 4.2, eq. 6).
+
+A background thread owns two bounded queues:
+
+* ``BossQueue`` -- ready, collated Boss batches (indices + sample);
+* ``AssistantQueue`` -- ``(ids, per-sentence losses)`` of batches the Boss trained on.
+
+Whenever the BossQueue runs low the worker draws candidates uniformly from its
+shard (a fresh random permutation per pass), keeps each with the policy's keep
+probability (Algorithm 1), and *refills*: kept candidates gather in a pool of a
+few batches' worth, which is sorted by length and cut with fairseq's
+``data_utils.batch_by_size`` under the run's ``--max-tokens``/``--batch-size``;
+every batch but the pool's last (possibly under-full) one is emitted, the rest
+waits for more candidates. Otherwise it learns from the AssistantQueue.
+
+The training loop only does ``get`` (a ready batch) and ``put_nowait`` (losses;
+dropped and counted when the queue is full), so it never waits for the
+Assistant to learn. A worker exception is re-raised in the training loop.
+"""
+import collections
+import logging
+import queue
+import threading
+import time
+import traceback
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class AssistWorkerError(RuntimeError):
+    pass
+
+
+class CandidateStream:
+    """Uniform candidates: successive random permutations of the shard (Algorithm 1, line 5)."""
+
+    def __init__(self, shard, rng):
+        self.shard = np.asarray(shard, dtype=np.int64)
+        if len(self.shard) == 0:
+            raise ValueError("empty data shard")
+        self.rng = rng
+        self.perm = self.shard[rng.permutation(len(self.shard))]
+        self.pos = 0
+        self.passes = 0  # completed passes over the shard
+
+    def take(self, k):
+        out = []
+        while k > 0:
+            if self.pos >= len(self.perm):
+                self.perm = self.shard[self.rng.permutation(len(self.shard))]
+                self.pos = 0
+                self.passes += 1
+            chunk = self.perm[self.pos:self.pos + k]
+            self.pos += len(chunk)
+            k -= len(chunk)
+            out.append(chunk)
+        return np.concatenate(out)
+
+    def state_dict(self):
+        return {"perm": self.perm.copy(), "pos": self.pos, "passes": self.passes,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, st):
+        self.perm, self.pos, self.passes = np.asarray(st["perm"], np.int64), st["pos"], st["passes"]
+        self.rng.bit_generator.state = st["rng"]
+
+
+class RefillBatcher:
+    """Pool of kept candidates cut into full batches with fairseq's ``batch_by_size``."""
+
+    def __init__(self, sizes_src, sizes_tgt, num_tokens, max_tokens, max_sentences,
+                 required_batch_size_multiple=1, pool_batches=8):
+        self.src, self.tgt = sizes_src, sizes_tgt
+        self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
+        self.max_tokens = max_tokens
+        self.max_sentences = max_sentences
+        self.mult = required_batch_size_multiple
+        self.pool_batches = pool_batches
+        self.pool = np.zeros(0, dtype=np.int64)
+        if max_tokens is None and max_sentences is None:
+            raise ValueError("set --max-tokens or --batch-size")
+
+    def _ready(self):
+        n = len(self.pool)
+        if n == 0:
+            return False
+        if self.max_sentences is not None and n >= self.pool_batches * self.max_sentences:
+            return True
+        if self.max_tokens is not None:
+            return self.num_tokens[self.pool].sum() >= self.pool_batches * self.max_tokens
+        return False
+
+    def add(self, idx):
+        self.pool = np.concatenate([self.pool, idx])
+
+    def pop_batches(self, rng):
+        """Full batches from the pool, or ``[]`` while it is still filling."""
+        from fairseq.data import data_utils
+
+        if not self._ready():
+            return []
+        pool = self.pool[np.lexsort((self.src[self.pool], self.tgt[self.pool]))]
+        batches = data_utils.batch_by_size(
+            pool, num_tokens_fn=lambda i: int(self.num_tokens[i]),
+            num_tokens_vec=self.num_tokens[pool], max_tokens=self.max_tokens,
+            max_sentences=self.max_sentences, required_batch_size_multiple=self.mult,
+        )
+        if len(batches) < 2:
+            return []
+        keep = batches[-1]  # possibly under-full: refilled with the next candidates
+        self.pool = np.asarray(keep, dtype=np.int64)
+        out = [np.asarray(b, dtype=np.int64) for b in batches[:-1]]
+        return [out[i] for i in rng.permutation(len(out))]
+
+
+class AssistWorker:
+    """Produces Boss batches and trains the selection policy off the training loop's path."""
+
+    def __init__(self, selector, stream, batcher, collate, ntokens, rng, queue_size=16,
+                 chunk=256, name="autoassist"):
+        self.selector, self.stream, self.batcher = selector, stream, batcher
+        self.collate = collate          # indices -> fairseq sample
+        self.ntokens = ntokens          # src + tgt tokens per instance (accounting)
+        self.rng = rng
+        self.chunk = chunk
+        # produced only while it holds <= queue_size // 2 batches, so it stays bounded
+        # (<= queue_size // 2 + one pool's worth) without a blocking put under the lock
+        self.queue_size = queue_size
+        self.boss_q = queue.Queue()
+        self.assist_q = queue.Queue(maxsize=queue_size * 4)
+        self.resumed = collections.deque()      # restored batches, served first
+        self.resumed_losses = collections.deque()
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.error = None
+        self.thread = None
+        self.name = name
+        self.counters = dict(candidate_sentences=0, candidate_tokens=0, kept_sentences=0,
+                             kept_tokens=0, learned_batches=0, dropped_loss_batches=0)
+        self.wait_s = 0.0               # time the training loop waited for a batch
+        self.recent_keep_rate = 1.0     # EMA over candidate chunks (token-weighted per chunk)
+
+    # -- worker side ------------------------------------------------------------------
+    def _make_batches(self):
+        while True:
+            cand = self.stream.take(self.chunk)
+            p = self.selector.keep_prob(cand)
+            kept = cand[self.rng.random(len(cand)) < p]
+            c = self.counters
+            c["candidate_sentences"] += len(cand)
+            c["candidate_tokens"] += int(self.ntokens[cand].sum())
+            c["kept_sentences"] += len(kept)
+            c["kept_tokens"] += int(self.ntokens[kept].sum())
+            ct = self.ntokens[cand].sum()
+            if ct > 0:
+                rate = self.ntokens[kept].sum() / ct
+                self.recent_keep_rate = 0.9 * self.recent_keep_rate + 0.1 * float(rate)
+            self.batcher.add(kept)
+            batches = self.batcher.pop_batches(self.rng)
+            if batches:
+                return batches
+
+    def _learn_one(self):
+        try:
+            ids, losses = self.resumed_losses.popleft()
+        except IndexError:
+            try:
+                ids, losses = self.assist_q.get_nowait()
+            except queue.Empty:
+                return False
+        self.selector.observe(ids, losses)
+        self.counters["learned_batches"] += 1
+        return True
+
+    def _run(self):
+        try:
+            while not self.stop_event.is_set():
+                did = False
+                if self.boss_q.qsize() <= self.queue_size // 2:
+                    with self.lock:
+                        for b in self._make_batches():
+                            self.boss_q.put((b, self.collate(b)))
+                    did = True
+                else:
+                    with self.lock:
+                        did = self._learn_one()
+                if not did:
+                    self.wake.wait(0.05)
+                    self.wake.clear()
+        except BaseException as e:  # surfaced in the training loop
+            self.error = (e, traceback.format_exc())
+            logger.error("%s worker failed:\n%s", self.name, self.error[1])
+
+    # -- training-loop side -----------------------------------------------------------------
+    def start(self):
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+            self.thread.start()
+
+    def check(self):
+        if self.error is not None:
+            e, tb = self.error
+            raise AssistWorkerError(f"{self.name} worker failed, training stopped: "
+                                    f"{type(e).__name__}: {e}\n{tb}") from e
+
+    def next_batch(self):
+        """The next Boss batch (indices, sample); raises if the worker failed."""
+        self.check()
+        self.start()
+        if self.resumed:
+            return self.resumed.popleft()
+        t0 = time.perf_counter()
+        while True:
+            try:
+                item = self.boss_q.get(timeout=0.1)
+                break
+            except queue.Empty:
+                self.check()
+                if not self.thread.is_alive():
+                    raise AssistWorkerError(f"{self.name} worker stopped unexpectedly")
+        self.wait_s += time.perf_counter() - t0
+        self.wake.set()
+        return item
+
+    def put_losses(self, ids, losses):
+        self.check()
+        try:
+            self.assist_q.put_nowait((ids, losses))
+            self.wake.set()
+        except queue.Full:
+            self.counters["dropped_loss_batches"] += 1
+
+    def snapshot(self):
+        """Consistent state: policy, stream, pool, pending batches and losses."""
+        with self.lock:
+            with self.boss_q.mutex:
+                pending = [b for b, _ in self.resumed] + [b for b, _ in list(self.boss_q.queue)]
+            with self.assist_q.mutex:
+                losses = list(self.resumed_losses) + list(self.assist_q.queue)
+            return {
+                "selector": self.selector.state_dict(),
+                "stream": self.stream.state_dict(),
+                "pool": self.batcher.pool.copy(),
+                "rng": self.rng.bit_generator.state,
+                "pending": [np.asarray(b) for b in pending],
+                "losses": [(np.asarray(i), np.asarray(l)) for i, l in losses],
+                "counters": dict(self.counters),
+                "recent_keep_rate": self.recent_keep_rate,
+            }
+
+    def restore(self, st):
+        """Load a snapshot (before the thread starts, or with it paused by the lock)."""
+        with self.lock:
+            self.selector.load_state_dict(st["selector"])
+            self.batcher.pool = np.asarray(st["pool"], dtype=np.int64)
+            self.rng.bit_generator.state = st["rng"]
+            self.stream.load_state_dict(st["stream"])  # after: the stream may share the RNG
+            with self.boss_q.mutex:
+                self.boss_q.queue.clear()
+            with self.assist_q.mutex:
+                self.assist_q.queue.clear()
+            self.resumed = collections.deque((b, self.collate(b)) for b in st["pending"])
+            self.resumed_losses = collections.deque(st["losses"])
+            self.counters.update(st["counters"])
+            self.recent_keep_rate = st["recent_keep_rate"]
+
+    def close(self):
+        self.stop_event.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)

@@ -1,0 +1,143 @@
+"""The Assistant and the selection policies, without fairseq."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fairseq_efficiency.assist.assistant import Assistant
+from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamplingSelector,
+                                                 SelfPacedSelector)
+from fairseq_efficiency.criterions import sentence_nll
+
+
+def toy(n=4000, d=50, seed=0):
+    """Sparse rows; 'hard' instances (high loss) contain feature 0, easy ones feature 1."""
+    rng = np.random.default_rng(seed)
+    hard = rng.random(n) < 0.4
+    rows, cols = [], []
+    for i in range(n):
+        f = list(rng.choice(np.arange(2, d), 4, replace=False)) + [0 if hard[i] else 1]
+        rows += [i] * len(f)
+        cols += f
+    x = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, d))  # as stored
+    loss = np.where(hard, 6.0, 2.0) + rng.normal(0, 0.3, n)
+    return x, loss, hard
+
+
+def test_assistant_learns_separable_labelling():
+    x, loss, hard = toy()
+    a = Assistant(x.shape[1], lr=0.1, l2=1e-5)
+    for s in range(0, 3200, 64):
+        a.update(x[s:s + 64], loss[s:s + 64])
+    g = a.predict(x[3200:])
+    assert ((g > 0.5) == hard[3200:]).mean() > 0.97
+    assert 3.0 < a.threshold < 5.0  # bias-corrected EMA of the mixed losses (~3.6)
+    assert a.rho > 0.5  # confidence grew with the measured accuracy
+    # hard instances are kept, easy ones shrunk (keep prob = 1 - rho + rho*g)
+    kp = a.keep_prob(x[3200:])
+    assert kp[hard[3200:]].min() > 0.9 and kp[~hard[3200:]].mean() < 1 - 0.8 * a.rho
+
+
+def test_rho_gating_nothing_shrunk_before_assistant_is_good():
+    x, loss, _ = toy(200)
+    a = Assistant(x.shape[1])
+    assert a.rho == 0.0
+    np.testing.assert_array_equal(a.keep_prob(x), np.ones(x.shape[0]))
+    a.update(x[:64], loss[:64])  # first batch: learned from, but no accuracy yet measured
+    assert a.rho == 0.0
+    np.testing.assert_array_equal(a.keep_prob(x), np.ones(x.shape[0]))
+    acc = a.update(x[64:128], loss[64:128])
+    assert a.rho == pytest.approx(0.05 * acc)
+
+
+def test_accuracy_is_measured_before_learning():
+    x, loss, hard = toy(400)
+    a = Assistant(x.shape[1], lr=0.5)
+    a.update(x[:64], loss[:64])
+    # labels of the next batch with the threshold it will use
+    b = 0.99
+    m = b * a.loss_ema + (1 - b) * loss[64:128].mean()
+    z = loss[64:128] > m / (1 - b ** 2)
+    expected = ((a.predict(x[64:128]) > 0.5) == z).mean()
+    assert a.update(x[64:128], loss[64:128]) == pytest.approx(expected)
+
+
+def test_min_keep_floor():
+    x, loss, _ = toy(400)
+    a = Assistant(x.shape[1], min_keep=0.3)
+    for s in range(0, 400, 50):
+        a.update(x[s:s + 50], loss[s:s + 50])
+    a.rho = 1.0
+    assert a.keep_prob(x).min() >= 0.3
+
+
+def test_assistant_state_roundtrip_is_exact():
+    x, loss, _ = toy(600)
+    a = Assistant(x.shape[1], seed=3)
+    for s in range(0, 300, 50):
+        a.update(x[s:s + 50], loss[s:s + 50])
+    b = Assistant(x.shape[1], seed=3)
+    b.load_state_dict(a.state_dict())
+    assert b.fingerprint() == a.fingerprint()
+    for s in range(300, 600, 50):  # and they keep learning identically
+        assert a.update(x[s:s + 50], loss[s:s + 50]) == b.update(x[s:s + 50], loss[s:s + 50])
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))
+    with pytest.raises(ValueError, match="features"):
+        Assistant(x.shape[1] + 1).load_state_dict(a.state_dict())
+
+
+def test_autoassist_selector_uses_feature_rows():
+    x, loss, hard = toy(800)
+    sel = AutoAssistSelector(x, Assistant(x.shape[1], lr=0.2))
+    ids = np.arange(800)
+    for s in range(0, 800, 40):
+        sel.observe(ids[s:s + 40], loss[s:s + 40])
+    p = sel.keep_prob(ids)
+    assert p[hard].mean() > p[~hard].mean() + 0.3
+    assert set(sel.stats()) == {"rho", "T", "assistant_acc"}
+
+
+def test_self_paced_pace_grows():
+    n = 100
+    sel = SelfPacedSelector(n, np.arange(n), start_quantile=0.5, growth=1.5)
+    sel.start_epoch(1)
+    assert sel.keep_prob(np.arange(n)).min() == 1.0  # no losses yet: everything kept
+    sel.observe(np.arange(n), np.arange(n, dtype=np.float32))
+    sel.start_epoch(2)
+    assert sel.keep_prob(np.arange(n)).sum() == pytest.approx(50, abs=1)
+    sel.start_epoch(3)
+    assert sel.keep_prob(np.arange(n)).sum() == pytest.approx(75, abs=1)
+    sel.start_epoch(4)
+    assert sel.keep_prob(np.arange(n)).sum() == n
+
+
+def test_dynamic_sampling_prefers_declining_losses():
+    n = 1000
+    sel = DynamicSamplingSelector(n, np.arange(n), sample_rate=0.8, review_share=0.2)
+    ids = np.arange(n)
+    sel.observe(ids, np.full(n, 4.0))
+    # first half: loss still falling fast; second half: converged
+    sel.observe(ids, np.where(ids < 500, 2.0, 3.99).astype(np.float32))
+    sel.start_epoch(2)
+    p = sel.keep_prob(ids)
+    assert p[:500].min() == 1.0  # capped
+    assert p[500:].max() == pytest.approx(0.8 * 0.2, abs=1e-3)  # review share only
+    # unseen instances are always kept
+    sel2 = DynamicSamplingSelector(n, ids)
+    sel2.start_epoch(2)
+    assert sel2.keep_prob(ids).min() == 1.0
+
+
+def test_sentence_losses_equal_manual_computation():
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    bsz, tlen, vocab, pad = 3, 5, 7, 1
+    lprobs = torch.log_softmax(torch.randn(bsz * tlen, vocab, generator=g), -1)
+    target = torch.randint(2, vocab, (bsz, tlen), generator=g)
+    target[0, 3:] = pad
+    target[2, 1:] = pad
+    loss, ntok = sentence_nll(lprobs, target.view(-1), pad, bsz)
+    lp = lprobs.view(bsz, tlen, vocab)
+    for b in range(bsz):
+        toks = [-lp[b, t, target[b, t]].item() for t in range(tlen) if target[b, t] != pad]
+        assert ntok[b].item() == len(toks)
+        assert loss[b].item() == pytest.approx(sum(toks) / len(toks), rel=1e-6)
