@@ -1,1 +1,3 @@
 """Model architectures registered by the plugin."""
+
+from fairseq_efficiency.models import lstm_meprop  # noqa: E402,F401  (registration)
