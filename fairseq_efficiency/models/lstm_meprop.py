@@ -225,7 +225,7 @@ class MePropModelMixin:
     def set_epoch(self, epoch):
         """Odd epochs: top-k in the encoder only; even epochs: decoder only."""
         super().set_epoch(epoch)
-        if self.cfg.meprop_alternate:
+        if self.meprop_cfg.meprop_alternate:
             _set_topk(self.encoder, epoch % 2 == 1)
             _set_topk(self.decoder, epoch % 2 == 0)
             logger.info("meProp epoch %d: top-k in the %s", epoch,
@@ -250,6 +250,7 @@ class LSTMMePropModel(MePropModelMixin, FairseqEncoderDecoderModel):
     def __init__(self, cfg, encoder, decoder):
         super().__init__(encoder, decoder)
         self.cfg = cfg
+        self.meprop_cfg = cfg
 
     @classmethod
     def build_model(cls, cfg, task):
