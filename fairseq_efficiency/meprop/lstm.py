@@ -196,13 +196,17 @@ class MePropLSTM(nn.Module):
     sequences). Steps beyond a sequence's length keep its state, so the final
     states are those at each sequence's last token (as a packed ``nn.LSTM``).
     Returns ``(outputs T x B x dirs*H, (h_n, c_n))`` with ``h_n`` of shape
-    ``layers*dirs x B x H``; padded output positions are 0.
+    ``layers*dirs x B x H``; padded output positions are 0. States (given and
+    returned) live in the original unit space of size ``hidden_size``: units
+    removed by meSimp read as 0, so layers of different simplified sizes
+    still stack.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0,
                  k: Union[int, float] = 0.05, mode: str = "unified"):
         super().__init__()
+        self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
         self.dirs = 2 if bidirectional else 1
@@ -227,6 +231,16 @@ class MePropLSTM(nn.Module):
                     cell.weight_hh.copy_(getattr(lstm, "weight_hh" + sfx))
                     cell.bias.copy_(getattr(lstm, "bias_ih" + sfx) + getattr(lstm, "bias_hh" + sfx))
         return new
+
+    def _to_orig(self, h, cell):
+        if cell.hidden_size == self.hidden_size:
+            return h
+        return h.new_zeros(h.shape[0], self.hidden_size).index_copy(1, cell.unit_ids, h)
+
+    def _from_orig(self, h, cell):
+        if cell.hidden_size == self.hidden_size:
+            return h
+        return h.index_select(1, cell.unit_ids)
 
     def _run(self, cell, x, mask, h, c, reverse):
         T = x.shape[0]
@@ -259,13 +273,13 @@ class MePropLSTM(nn.Module):
                 j = layer * self.dirs + d
                 cell = self.cells[j]
                 if state is not None:
-                    h0, c0 = state[0][j], state[1][j]
+                    h0, c0 = self._from_orig(state[0][j], cell), self._from_orig(state[1][j], cell)
                 else:
                     h0 = c0 = x.new_zeros(B, cell.hidden_size)
                 o, h, c = self._run(cell, inp, mask, h0, c0, reverse=(d == 1))
                 outs.append(o)
-                hs.append(h)
-                cs.append(c)
+                hs.append(self._to_orig(h, cell))
+                cs.append(self._to_orig(c, cell))
             inp = outs[0] if self.dirs == 1 else torch.cat(outs, dim=2)
             if layer < self.num_layers - 1:
                 inp = self.dropout(inp)

@@ -105,7 +105,6 @@ class MePropLSTMEncoder(LSTMEncoder):
     def __init__(self, *args, k=0.0625, mode="unified", **kwargs):
         super().__init__(*args, **kwargs)
         self.lstm = MePropLSTM.from_lstm(self.lstm, k=k, mode=mode)
-        self.orig_hidden = self.hidden_size
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor, enforce_sorted: bool = True):
         if self.left_pad:
@@ -113,23 +112,15 @@ class MePropLSTMEncoder(LSTMEncoder):
                 src_tokens, torch.zeros_like(src_tokens).fill_(self.padding_idx), left_to_right=True)
         bsz, seqlen = src_tokens.size()
         x = self.dropout_in_module(self.embed_tokens(src_tokens)).transpose(0, 1)
-        x, (hs, cs) = self.lstm(x, lengths=src_lengths)
+        # final states come back in the original unit space (meSimp may remove units)
+        x, (final_h, final_c) = self.lstm(x, lengths=src_lengths)
         x = self.dropout_out_module(x)
-        # final states in the original unit space (meSimp may have removed units)
-        hs = [self._to_orig(h, cell) for h, cell in zip(hs, self.lstm.cells)]
-        cs = [self._to_orig(c, cell) for c, cell in zip(cs, self.lstm.cells)]
-        final_h, final_c = torch.stack(hs), torch.stack(cs)
         if self.bidirectional:
             final_h = self.combine_bidir(final_h, bsz)
             final_c = self.combine_bidir(final_c, bsz)
         encoder_padding_mask = src_tokens.eq(self.padding_idx).t()
         return tuple((x, final_h, final_c, encoder_padding_mask))
 
-    def _to_orig(self, h, cell):
-        if h.shape[-1] == self.orig_hidden:
-            return h
-        out = h.new_zeros(h.shape[0], self.orig_hidden)
-        return out.index_copy(1, cell.unit_ids, h)
 
 
 class MePropLSTMDecoder(LSTMDecoder):
@@ -146,7 +137,7 @@ class MePropLSTMDecoder(LSTMDecoder):
         self.orig_hidden = self.hidden_size
 
     def _to_orig(self, h, cell):
-        if h.shape[-1] == self.orig_hidden:
+        if cell.hidden_size == self.orig_hidden:
             return h
         return h.new_zeros(h.shape[0], self.orig_hidden).index_copy(1, cell.unit_ids, h)
 
