@@ -95,10 +95,10 @@ class MePropLSTMCellFunction(torch.autograd.Function):
             ok = accumulate_rows(w_ih, idx, rows[:, :n_in], ctx.caches[0])
             ok &= accumulate_rows(w_hh, idx, rows[:, n_in:], ctx.caches[1])
             if not ok:
-                dW = W.new_zeros(W.shape).index_add_(0, idx, rows)
+                dW = W.new_zeros(W.shape).index_copy_(0, idx, rows)
                 grad_w_ih, grad_w_hh = dW[:, :n_in], dW[:, n_in:]
             if bias is not None and not accumulate_rows(bias, idx, Ds.sum(0), ctx.caches[2]):
-                grad_b = bias.new_zeros(bias.shape).index_add_(0, idx, Ds.sum(0))
+                grad_b = bias.new_zeros(bias.shape).index_copy_(0, idx, Ds.sum(0))
         else:  # per-example: each row keeps its own top-k per gate
             B = D.shape[0]
             D4 = D.view(B, 4, H)

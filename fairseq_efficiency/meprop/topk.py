@@ -119,8 +119,11 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
                     cache: Optional[_RowGradBuffer] = None) -> bool:
     """``param.grad[idx] += rows`` without building a dense zero gradient.
 
-    Returns False when ``param`` is not a leaf that accumulates gradients (the
-    caller must then return a dense gradient to autograd).
+    ``idx`` must hold distinct rows (top-k indices do). Returns False when
+    ``param`` is not a leaf that accumulates gradients (the caller must then
+    return a dense gradient to autograd). Uses ``index_copy_`` into freshly
+    zeroed rows and ``index_put_(accumulate=True)`` otherwise: on CPU both are
+    an order of magnitude faster than ``index_add_`` along dim 0.
     """
     if not (param.requires_grad and param.is_leaf):
         return False
@@ -133,11 +136,11 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
             buf.index_fill_(0, cache.dirty, 0)
         if cache is not None:
             cache.buf, cache.dirty = buf, idx
-        buf.index_add_(0, idx, rows)
+        buf.index_copy_(0, idx, rows.to(buf.dtype))
         param.grad = buf
         return True
     g = param.grad
-    g.index_add_(0, idx, rows.to(g.dtype))
+    g.index_put_((idx,), rows.to(g.dtype), accumulate=True)
     if cache is not None and g is cache.buf:
         cache.dirty = torch.cat([cache.dirty, idx])
     return True
@@ -178,11 +181,11 @@ class TopKLinearFunction(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 rows = Gs.t() @ X  # k x m
                 if not accumulate_rows(weight, idx, rows, ctx.caches[0]):
-                    grad_w = weight.new_zeros(weight.shape).index_add_(0, idx, rows)
+                    grad_w = weight.new_zeros(weight.shape).index_copy_(0, idx, rows)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 rows_b = Gs.sum(0)
                 if not accumulate_rows(bias, idx, rows_b, ctx.caches[1]):
-                    grad_b = bias.new_zeros(bias.shape).index_add_(0, idx, rows_b)
+                    grad_b = bias.new_zeros(bias.shape).index_copy_(0, idx, rows_b)
         else:  # per-example, eq. 5-6
             vals, ind = G.abs().topk(k, dim=1, sorted=False)
             ctx.stats.record_rows(ind, n)
