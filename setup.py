@@ -36,6 +36,7 @@ setup(
             "fairseq-efficiency-corpus = fairseq_efficiency.data.synthetic:main",
             "fairseq-efficiency-prepare = fairseq_efficiency.data.prepare:main",
             "fairseq-efficiency-demo = fairseq_efficiency.cli.demo:main",
+            "fairseq-efficiency-launch = fairseq_efficiency.cli.launch:main",
         ],
     },
     classifiers=[

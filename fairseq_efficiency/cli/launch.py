@@ -1,0 +1,147 @@
+"""``fairseq-efficiency-launch``: run a fairseq command as N data-parallel CPU ranks.
+
+fairseq's own spawning does not work for CPU/gloo training with this torch, but
+training does when every rank is started separately. This launcher does that::
+
+    fairseq-efficiency-launch --nproc 2 -- fairseq-train DATA-BIN --user-dir ... [args]
+
+starts ``nproc`` processes, each running the command with::
+
+    --cpu --distributed-world-size N --distributed-rank R --distributed-backend gloo
+    --distributed-init-method tcp://127.0.0.1:PORT --distributed-no-spawn
+    --ddp-backend legacy_ddp
+
+(flags the command already sets are kept), ``OMP_NUM_THREADS`` set per rank.
+Rank 0's output goes to the terminal, the others' to ``--log-dir`` (or are
+discarded). If one rank fails, the others are stopped and its exit code is
+returned, so a crashed rank never leaves the rest hanging.
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+_MODULES = {
+    "fairseq-train": "fairseq_cli.train",
+    "fairseq-hydra-train": "fairseq_cli.hydra_train",
+    "fairseq-validate": "fairseq_cli.validate",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _has(argv, flag):
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def rank_argv(argv, rank, nproc, port):
+    """The command line of one rank: ``argv`` plus the distributed flags it lacks."""
+    extra = []
+    defaults = [
+        ("--cpu", None),
+        ("--distributed-world-size", str(nproc)),
+        ("--distributed-backend", "gloo"),
+        ("--distributed-init-method", f"tcp://127.0.0.1:{port}"),
+        ("--distributed-no-spawn", None),
+        ("--ddp-backend", "legacy_ddp"),
+    ]
+    for flag, value in defaults:
+        if not _has(argv, flag):
+            extra += [flag] if value is None else [flag, value]
+    if _has(argv, "--distributed-rank"):
+        raise ValueError("do not pass --distributed-rank: the launcher sets it per rank")
+    return list(argv) + extra + ["--distributed-rank", str(rank)]
+
+
+def _command(argv):
+    """Map ``fairseq-train ...`` to ``python -m fairseq_cli.train ...`` (same interpreter)."""
+    if not argv:
+        raise ValueError("no command given: fairseq-efficiency-launch --nproc 2 -- fairseq-train ...")
+    head = os.path.basename(argv[0])
+    if head in _MODULES:
+        return [sys.executable, "-m", _MODULES[head]], list(argv[1:])
+    if shutil.which(argv[0]) is None:
+        raise ValueError(f"command not found: {argv[0]}")
+    return [argv[0]], list(argv[1:])
+
+
+def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None, timeout=None,
+           stdout=None):
+    """Run ``argv`` (e.g. ``["fairseq-train", data, ...]``) as ``nproc`` ranks; return the exit code.
+
+    ``stdout``: a file for rank 0's output (default: this process's stdout).
+    """
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if threads_per_rank < 1:
+        raise ValueError(f"--threads-per-rank must be >= 1, got {threads_per_rank}")
+    prefix, args = _command(argv)
+    port = port or free_port()
+    base_env = dict(env if env is not None else os.environ)
+    base_env["OMP_NUM_THREADS"] = str(threads_per_rank)
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    procs, logs = [], []
+    try:
+        for rank in range(nproc):
+            out = stdout
+            if rank > 0:
+                out = open(os.path.join(log_dir, f"rank{rank}.log"), "w") if log_dir else subprocess.DEVNULL
+                if log_dir:
+                    logs.append(out)
+            cmd = prefix + rank_argv(args, rank, nproc, port)
+            procs.append(subprocess.Popen(cmd, env=base_env, stdout=out,
+                                          stderr=subprocess.STDOUT if out else None))
+        deadline = time.time() + timeout if timeout else None
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            if deadline and time.time() > deadline:
+                return 124
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs:
+            f.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="fairseq-efficiency-launch",
+        description="Run a fairseq command as N data-parallel CPU (gloo) ranks.",
+        usage="%(prog)s [--nproc N] [--threads-per-rank T] [--port P] [--log-dir D] -- fairseq-train ...",
+    )
+    parser.add_argument("--nproc", type=int, default=2, help="number of ranks")
+    parser.add_argument("--threads-per-rank", type=int, default=1, help="OMP_NUM_THREADS of each rank")
+    parser.add_argument("--port", type=int, default=None, help="TCP port for the rendezvous (default: a free one)")
+    parser.add_argument("--log-dir", default=None, help="write ranks 1..N-1 output to LOG_DIR/rankR.log")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the fairseq command after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        return launch(command, args.nproc, args.threads_per_rank, args.port, args.log_dir)
+    except ValueError as e:
+        parser.exit(2, f"fairseq-efficiency-launch: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
