@@ -1,8 +1,8 @@
 """LSTM with meProp on the gate pre-activation gradients (section 2.3.2).
 
 One time step is a single autograd Function (:class:`MePropLSTMCellFunction`):
-the forward is one fused ``addmm`` over ``[x, h]`` and the LSTM element-wise
-ops; the backward computes dL/d(gates) by hand, keeps the top-k of each of the
+the forward is two ``addmm`` (input and recurrent weights, no per-step weight
+concatenation) and the LSTM element-wise ops; the backward computes dL/d(gates) by hand, keeps the top-k of each of the
 four gates *independently* (the paper's choice for back propagation) and then
 multiplies only the ``4k`` gathered rows of ``[W_ih, W_hh]``:
 
@@ -46,9 +46,8 @@ class MePropLSTMCellFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h, c, w_ih, w_hh, bias, k, mode, stats, caches):
         H = w_hh.shape[1]
-        xh = torch.cat([x, h], dim=1)
-        W = torch.cat([w_ih, w_hh], dim=1)
-        gates = torch.addmm(bias, xh, W.t()) if bias is not None else xh @ W.t()
+        gates = torch.addmm(bias, x, w_ih.t()) if bias is not None else x @ w_ih.t()
+        gates.addmm_(h, w_hh.t())
         i = torch.sigmoid(gates[:, :H])
         f = torch.sigmoid(gates[:, H: 2 * H])
         g = torch.tanh(gates[:, 2 * H: 3 * H])
@@ -56,16 +55,15 @@ class MePropLSTMCellFunction(torch.autograd.Function):
         c_new = torch.addcmul(f * c, i, g)
         tc = torch.tanh(c_new)
         h_new = o * tc
-        ctx.save_for_backward(xh, W, c, i, f, g, o, tc)
+        ctx.save_for_backward(x, h, c, i, f, g, o, tc)
         ctx.k, ctx.mode, ctx.stats, ctx.caches = k, mode, stats, caches
         ctx.params = (w_ih, w_hh, bias)
         return h_new, c_new
 
     @staticmethod
     def backward(ctx, dh, dc):
-        xh, W, c, i, f, g, o, tc = ctx.saved_tensors
+        x, h, c, i, f, g, o, tc = ctx.saved_tensors
         w_ih, w_hh, bias = ctx.params
-        n_in = w_ih.shape[1]
         H = w_hh.shape[1]
         if dh is None:
             dh = torch.zeros_like(tc)
@@ -80,9 +78,8 @@ class MePropLSTMCellFunction(torch.autograd.Function):
         k = ctx.k
         grad_w_ih = grad_w_hh = grad_b = None
         if k >= H:
-            dxh = D @ W
-            dW = D.t() @ xh
-            grad_w_ih, grad_w_hh = dW[:, :n_in], dW[:, n_in:]
+            dx, dh_prev = D @ w_ih, D @ w_hh
+            grad_w_ih, grad_w_hh = D.t() @ x, D.t() @ h
             grad_b = D.sum(0) if bias is not None else None
             ctx.stats.record_unified(torch.arange(H, device=D.device), H)
         elif ctx.mode == "unified":
@@ -90,13 +87,14 @@ class MePropLSTMCellFunction(torch.autograd.Function):
             if ctx.stats.enabled:
                 ctx.stats.record_unified(torch.unique(idx % H), H)
             Ds = D.index_select(1, idx)  # B x 4k
-            dxh = Ds @ W.index_select(0, idx)
-            rows = Ds.t() @ xh  # 4k x (in + H)
-            ok = accumulate_rows(w_ih, idx, rows[:, :n_in], ctx.caches[0])
-            ok &= accumulate_rows(w_hh, idx, rows[:, n_in:], ctx.caches[1])
-            if not ok:
-                dW = W.new_zeros(W.shape).index_copy_(0, idx, rows)
-                grad_w_ih, grad_w_hh = dW[:, :n_in], dW[:, n_in:]
+            dx = Ds @ w_ih.index_select(0, idx)
+            dh_prev = Ds @ w_hh.index_select(0, idx)
+            DsT = Ds.t()
+            rows_ih, rows_hh = DsT @ x, DsT @ h  # 4k x in, 4k x H
+            if not accumulate_rows(w_ih, idx, rows_ih, ctx.caches[0]):
+                grad_w_ih = w_ih.new_zeros(w_ih.shape).index_copy_(0, idx, rows_ih)
+            if not accumulate_rows(w_hh, idx, rows_hh, ctx.caches[1]):
+                grad_w_hh = w_hh.new_zeros(w_hh.shape).index_copy_(0, idx, rows_hh)
             if bias is not None and not accumulate_rows(bias, idx, Ds.sum(0), ctx.caches[2]):
                 grad_b = bias.new_zeros(bias.shape).index_copy_(0, idx, Ds.sum(0))
         else:  # per-example: each row keeps its own top-k per gate
@@ -113,11 +111,9 @@ class MePropLSTMCellFunction(torch.autograd.Function):
                 ctx.stats.counts += active.sum(0)
                 ctx.stats.seen += B
             D = D4.view(B, 4 * H)
-            dxh = D @ W
-            dW = D.t() @ xh
-            grad_w_ih, grad_w_hh = dW[:, :n_in], dW[:, n_in:]
+            dx, dh_prev = D @ w_ih, D @ w_hh
+            grad_w_ih, grad_w_hh = D.t() @ x, D.t() @ h
             grad_b = D.sum(0) if bias is not None else None
-        dx, dh_prev = dxh[:, :n_in], dxh[:, n_in:]
         return dx, dh_prev, dc_prev, grad_w_ih, grad_w_hh, grad_b, None, None, None, None
 
 
@@ -182,8 +178,9 @@ class MePropLSTMCell(nn.Module):
             k = self.k_eff if self.k_eff < H else H
             return MePropLSTMCellFunction.apply(x, h, c, self.weight_ih, self.weight_hh,
                                                 self.bias, k, self.mode, self.stats, self._caches)
-        gates = torch.addmm(self.bias, torch.cat([x, h], 1),
-                            torch.cat([self.weight_ih, self.weight_hh], 1).t())
+        gates = torch.addmm(self.bias, x, self.weight_ih.t()) if self.bias is not None \
+            else x @ self.weight_ih.t()
+        gates = gates + h @ self.weight_hh.t()
         i, f, g, o = gates.chunk(4, 1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c_new), c_new
