@@ -121,9 +121,7 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
 
     ``idx`` must hold distinct rows (top-k indices do). Returns False when
     ``param`` is not a leaf that accumulates gradients (the caller must then
-    return a dense gradient to autograd). Uses ``index_copy_`` into freshly
-    zeroed rows and ``index_put_(accumulate=True)`` otherwise: on CPU both are
-    an order of magnitude faster than ``index_add_`` along dim 0.
+    return a dense gradient to autograd).
     """
     if not (param.requires_grad and param.is_leaf):
         return False
@@ -140,7 +138,7 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
         param.grad = buf
         return True
     g = param.grad
-    g.index_put_((idx,), rows.to(g.dtype), accumulate=True)
+    g.index_add_(0, idx, rows.to(g.dtype))
     if cache is not None and g is cache.buf:
         cache.dirty = torch.cat([cache.dirty, idx])
     return True
