@@ -107,12 +107,19 @@ class _RowGradBuffer:
     a fresh dense gradient would be zero-filled each time; instead the buffer
     of the previous step is reused after zeroing only the rows written then.
     Valid as long as whoever touches ``W.grad`` in between only scales it
-    (gradient normalisation, clipping) - zero rows stay zero.
+    (gradient normalisation, clipping) - zero rows stay zero. A distributed
+    all-reduce writes other ranks' rows into the buffer, so with more than one
+    process the buffer is not reused.
     """
 
     def __init__(self):
         self.buf: Optional[torch.Tensor] = None
         self.dirty: Optional[torch.Tensor] = None  # rows written since the last reset
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
@@ -127,6 +134,8 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
         return False
     idx = idx.reshape(-1)
     if param.grad is None:
+        if cache is not None and _distributed():
+            cache = None
         buf = cache.buf if cache is not None else None
         if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
             buf = torch.zeros_like(param)
