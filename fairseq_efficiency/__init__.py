@@ -11,4 +11,5 @@ from fairseq_efficiency import compat
 compat.install()
 
 from fairseq_efficiency import criterions, models, task  # noqa: E402,F401  (registration)
-from fairseq_efficiency import assist  # noqa: E402,F401
+from fairseq_efficiency import assist  # noqa: E402,F401  (registration)
+from fairseq_efficiency import meprop  # noqa: E402,F401  (registration)

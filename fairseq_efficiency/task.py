@@ -20,16 +20,17 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
 from fairseq_efficiency.features import build_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
+from fairseq_efficiency.assist.config import AutoAssistConfig
+from fairseq_efficiency.meprop.hook import MeSimpConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig):
+class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig, MeSimpConfig):
     """TranslationConfig plus the options of every efficiency technique."""
 
 
@@ -97,6 +98,9 @@ class TranslationEfficiencyTask(TranslationTask):
     # -- training loop --------------------------------------------------------------
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
+        # fairseq's model API for per-epoch behaviour (e.g. meProp alternation);
+        # fairseq's trainer itself never calls it
+        model.set_epoch(epoch)
         self.hooks.call("on_epoch_start", epoch, model)
 
     def begin_valid_epoch(self, epoch, model):

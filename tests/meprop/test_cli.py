@@ -1,0 +1,79 @@
+"""fairseq CLI: lstm_meprop + meSimp train, shrink, resume and generate; errors at start-up."""
+import os
+import re
+
+import torch
+
+from tests.helpers import run_cli, train_args
+
+LSTM_MEPROP = ["--task", "translation_efficiency", "--criterion", "cross_entropy",
+               "--meprop-k", "4", "--meprop-alternate"]
+
+
+def _args(data_bin, save_dir, *extra):
+    args = train_args(data_bin, save_dir, *LSTM_MEPROP, *extra)
+    args[args.index("--arch") + 1] = "lstm_meprop"
+    return args
+
+
+def test_lstm_meprop_mesimp_train_resume_generate(tiny_data_bin, tmp_path):
+    save = str(tmp_path / "ck")
+    simp = ["--mesimp-interval", "5", "--mesimp-prune-rate", "0.3"]
+    res = run_cli("fairseq_cli.train", _args(tiny_data_bin, save, "--max-epoch", "2", *simp))
+    log = res.stdout + res.stderr
+    assert "meProp epoch 1: top-k in the encoder" in log
+    assert "meProp epoch 2: top-k in the decoder" in log
+    sizes = re.findall(r"meSimp: layer sizes encoder\.0=(\d+) decoder\.0=(\d+)", log)
+    assert sizes, log[-2000:]
+    enc, dec = map(int, sizes[-1])
+    assert enc < 16 or dec < 16
+    state = torch.load(os.path.join(save, "checkpoint_last.pt"), map_location="cpu",
+                       weights_only=False)
+    w = state["model"]["encoder.lstm.cells.0.weight_hh"]
+    assert tuple(w.shape) == (4 * enc, enc)
+    assert tuple(state["model"]["decoder.layers.0.weight_hh"].shape) == (4 * dec, dec)
+
+    # resume: the model is built at full size and adopts the shrunken shapes
+    res2 = run_cli("fairseq_cli.train", _args(tiny_data_bin, save, "--max-epoch", "3", *simp))
+    log2 = res2.stdout + res2.stderr
+    assert "adopted" in log2 and "Loaded checkpoint" in log2
+    assert "epoch 003" in log2
+
+    gen = run_cli("fairseq_cli.generate", [
+        tiny_data_bin, "--user-dir", _args(tiny_data_bin, save)[2], "--path",
+        os.path.join(save, "checkpoint_last.pt"), "--task", "translation_efficiency", "--cpu",
+        "--beam", "2", "--max-tokens", "2000", "--gen-subset", "valid"])
+    assert "Generate valid with beam=2: BLEU4" in gen.stdout + gen.stderr
+
+
+def test_transformer_meprop_trains(tiny_data_bin, tmp_path):
+    args = train_args(tiny_data_bin, str(tmp_path / "tr"), "--task", "translation_efficiency",
+                      "--criterion", "cross_entropy", "--max-update", "4",
+                      "--mesimp-interval", "2", "--mesimp-prune-rate", "0.4")
+    i = args.index("--arch")
+    args = args[:i] + args[i + 16:] + [
+        "--arch", "transformer_meprop", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-layers", "1",
+        "--decoder-layers", "1", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+        "--meprop-k", "0.25"]
+    log = run_cli("fairseq_cli.train", args).stdout
+    m = re.findall(r"layer sizes encoder\.0\.ffn=(\d+) decoder\.0\.ffn=(\d+)", log)
+    assert m and all(int(v) <= 32 for v in m[-1])
+
+
+def test_errors_at_start_up(tiny_data_bin, tmp_path):
+    cases = [
+        (["--meprop-k", "0"], "--meprop-k must be > 0"),
+        (["--meprop-k", "2.5"], "must be an integer"),
+        (["--meprop-mode", "rows"], "unknown meProp mode"),
+    ]
+    for extra, msg in cases:
+        res = run_cli("fairseq_cli.train",
+                      _args(tiny_data_bin, str(tmp_path / "e"), "--max-epoch", "1", *extra),
+                      check=False)
+        assert res.returncode != 0 and msg in res.stderr, (extra, res.stderr[-1500:])
+    # meSimp on a model without meProp layers
+    res = run_cli("fairseq_cli.train", train_args(
+        tiny_data_bin, str(tmp_path / "e2"), "--task", "translation_efficiency",
+        "--max-epoch", "1", "--mesimp-interval", "5"), check=False)
+    assert res.returncode != 0 and "needs a model with meProp layers" in res.stderr
