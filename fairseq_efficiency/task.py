@@ -23,12 +23,13 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
 from fairseq_efficiency.features import build_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
+from fairseq_efficiency.pruning.hook import PruningConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationEfficiencyConfig(TranslationConfig):
+class TranslationEfficiencyConfig(TranslationConfig, PruningConfig):
     """TranslationConfig plus the options of every efficiency technique."""
 
 
