@@ -87,8 +87,20 @@ def attach_masks(state, masks: MaskSet, scheme, fresh_start=True):
     return state
 
 
+def plain_cfg(state):
+    """fairseq saves ``cfg`` as plain containers (``load_checkpoint_to_cpu`` returns a DictConfig)."""
+    from omegaconf import OmegaConf
+
+    cfg = state.get("cfg")
+    if cfg is not None and OmegaConf.is_config(cfg):
+        state = dict(state)
+        state["cfg"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return state
+
+
 def atomic_save(obj, out_path, inputs=()):
     """``torch.save`` to ``out_path`` through a temporary file (nothing left on failure)."""
+    obj = plain_cfg(obj)
     out_abs = os.path.abspath(out_path)
     for p in inputs:
         if os.path.abspath(p) == out_abs or (os.path.exists(out_path) and os.path.samefile(p, out_path)):

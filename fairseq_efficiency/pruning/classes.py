@@ -98,9 +98,9 @@ def find_weight_classes(model: nn.Module, include: Sequence[str] = (), exclude: 
             try:
                 rx = re.compile(p)
             except re.error as e:
-                raise ValueError(f"invalid --prune-{kind} pattern {p!r}: {e}") from None
+                raise ValueError(f"invalid {kind} pattern {p!r}: {e}") from None
             if not any(rx.search(n) for names in aliases.values() for n in names):
-                raise ValueError(f"--prune-{kind} pattern {p!r} matches no parameter of "
+                raise ValueError(f"{kind} pattern {p!r} matches no parameter of "
                                  f"{type(model).__name__}")
 
     def matches(pats, name):
