@@ -26,7 +26,7 @@ from fairseq_efficiency.pruning.schemes import SCHEMES
 def _setup_logging():
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.WARNING, stream=sys.stderr)
-    for name in ("fairseq", "fairseq_efficiency"):
+    for name in ("fairseq", "fairseq_efficiency", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -83,7 +83,7 @@ def prune_main(argv=None):
                                                  args.include, args.exclude)
             written = analysis.write_analysis(out_dir, rows, maps, gates, ratio, args.map_ratio)
             print(analysis.format_breakdown(rows))
-            print("wrote " + ", ".join(os.path.relpath(p) for p in written))
+            print(f"wrote {len(written)} files into {out_dir}")
             return 0
         scheme = check_scheme(args.scheme or "class-blind")
         classes, res, masks = prune_checkpoint(args.checkpoint, args.output, scheme, ratio,
