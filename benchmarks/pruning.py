@@ -32,6 +32,13 @@ from fairseq_efficiency.pruning.evaluate import bleu, perplexity
 from fairseq_efficiency.pruning.schemes import SCHEMES
 
 
+SMALL_MODEL = [
+    "--arch", "lstm", "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--decoder-out-embed-dim", "64",
+    "--encoder-hidden-size", "128", "--decoder-hidden-size", "128", "--dropout", "0.1",
+]
+
+
 def _opt(args, name, value):
     out = list(args)
     i = out.index(name)
@@ -70,6 +77,13 @@ def main(argv=None):
     parser.add_argument("--retrain-lr-scale", type=float, default=0.5,
                         help="retraining LR = baseline LR x this (paper: 0.5)")
     parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--retrain", choices=["paper", "all"], default="paper",
+                        help="paper: retrain class-blind at every ratio and every scheme at "
+                             "80%% (the paper's Fig. 3/6 comparisons); all: the full grid")
+    parser.add_argument("--model", choices=["small", "demo"], default="small",
+                        help="small: 64-dim embeddings, 128-dim LSTMs (fits 2 shared cores); "
+                             "demo: the make-demo baseline (128/256)")
+    parser.add_argument("--epochs", type=int, default=4, help="baseline training epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beam", type=int, default=4)
     args = parser.parse_args(argv)
@@ -78,7 +92,8 @@ def main(argv=None):
     schemes = args.schemes.split(",")
     os.makedirs(args.workdir, exist_ok=True)
     data_bin = prepare(args.workdir, DEMO_CORPUS)
-    base_args = BASELINE_MODEL + BASELINE_OPTIM
+    model = BASELINE_MODEL if args.model == "demo" else SMALL_MODEL
+    base_args = _opt(model + BASELINE_OPTIM, "--max-epoch", args.epochs)
     base_lr = float(base_args[base_args.index("--lr") + 1])
     retrain_args = _opt(_opt(base_args, "--max-epoch", args.retrain_epochs), "--lr",
                         base_lr * args.retrain_lr_scale)
@@ -117,7 +132,8 @@ def main(argv=None):
                 row["pruned"] = evaluate(pruned, args.beam)
                 results[key] = row
                 save()
-            if not args.no_retrain and "retrained" not in row:
+            wanted = args.retrain == "all" or scheme == "class-blind" or abs(ratio - 0.8) < 1e-9
+            if not args.no_retrain and wanted and "retrained" not in row:
                 save_dir = os.path.join(ck, f"{scheme}-{ratio}")
                 path, wall = train(data_bin, save_dir, retrain_args + ["--restore-file", pruned],
                                    os.path.join(args.workdir, f"retrain-{scheme}-{ratio}.log"),

@@ -46,7 +46,8 @@ def build_from_checkpoint(path, data=None):
         model = task.build_model(cfg.model)
         model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
     except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = " ".join(str(e).split())  # one line
+        msg = msg if len(msg) <= 300 else msg[:297] + "..."
         raise PruneError(f"cannot build the model of {path}: {type(e).__name__}: {msg}") from e
     model.eval()
     return state, task, model
