@@ -124,7 +124,7 @@ def write_analysis(out_dir, breakdown, maps, gate_rows, ratio, map_ratio):
 
     for label, (m, n_ff) in maps.items():
         h, w_ = m.shape
-        fig, ax = plt.subplots(figsize=(min(12, 2 + w_ / 40), min(10, 1.5 + h / 40)))
+        fig, ax = plt.subplots(figsize=(max(5, min(12, 2 + w_ / 40)), max(3, min(10, 1.5 + h / 40))))
         ax.imshow(m.float().cpu().numpy(), cmap="gray", vmin=0, vmax=1, aspect="auto",
                   interpolation="nearest")
         if n_ff is not None:  # LSTM: gate rows, feed-forward | recurrent columns
@@ -138,7 +138,7 @@ def write_analysis(out_dir, breakdown, maps, gate_rows, ratio, map_ratio):
         else:
             ax.set_xlabel("word (most frequent first)")
             ax.set_ylabel("embedding dim")
-        ax.set_title(f"{label}: white = kept at {map_ratio:.0%} class-blind (Fig. 8)")
+        ax.set_title(f"{label}: white = kept at {map_ratio:.0%} class-blind (Fig. 8)", fontsize=9)
         fig.tight_layout()
         path = os.path.join(out_dir, f"fig8_{label.replace('.', '_')}.png")
         fig.savefig(path, dpi=100)

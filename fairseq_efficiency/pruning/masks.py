@@ -179,19 +179,21 @@ def optimizer_views(optimizer, params: Mapping[str, nn.Parameter]) -> Iterator:
     fp32 = getattr(optimizer, "fp32_params", None)
     if fp16 is not None and fp32 is not None:
         if isinstance(fp32, dict) or torch.is_tensor(fp32):  # flattened masters
-            flat = fp32 if isinstance(fp32, dict) else {fp16[0].device: fp32}
-            offsets = {d: 0 for d in flat}
+            # fairseq keys them by CUDA device index (one flat tensor unless pipeline parallel)
+            flat = fp32 if isinstance(fp32, dict) else {None: fp32}
+            keys = list(flat)
+            offsets = {k: 0 for k in keys}
             for p in fp16:
-                d = p.device
-                off = offsets[d]
-                offsets[d] = off + p.numel()
+                k = keys[0] if len(keys) == 1 else p.device.index
+                off = offsets[k]
+                offsets[k] = off + p.numel()
                 n = by_id.get(id(p))
                 if n is None:
                     continue
-                v = _View(flat[d], slice(off, off + p.numel()), p.shape)
-                st = state.get(flat[d], {})
+                v = _View(flat[k], slice(off, off + p.numel()), p.shape)
+                st = state.get(flat[k], {})
                 yield n, v, [v._cut(t) for t in st.values()
-                             if torch.is_tensor(t) and t.shape == flat[d].shape]
+                             if torch.is_tensor(t) and t.shape == flat[k].shape]
         else:
             for p, p32 in zip(fp16, fp32):
                 n = by_id.get(id(p))

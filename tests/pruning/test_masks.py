@@ -107,3 +107,55 @@ def test_sgd_momentum_keeps_pruned_weights_zero():
     masks = prune(model, 0.5)
     train_steps(model, opt, masks, 4)
     assert_pruned_zero(model, masks, opt)
+
+
+def test_fairseq_fp16_optimizer_flat_fp32_masters_keep_zeros(monkeypatch):
+    """--fp16: fairseq keeps flat fp32 master weights; masks reach them and their Adam state."""
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # fairseq keys masters by GPU
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4))
+    model[0].weight.data.normal_()
+    masks = MaskSet({"0.weight": torch.rand(5, 6) > 0.5, "1.weight": torch.rand(4, 5) > 0.5})
+    model.half()
+    cfg = OmegaConf.create({
+        "common": {"fp16_no_flatten_grads": False, "bf16": False, "fp16_init_scale": 1,
+                   "fp16_scale_window": None, "fp16_scale_tolerance": 0.0,
+                   "threshold_loss_scale": None, "min_loss_scale": 1e-4,
+                   "memory_efficient_bf16": False, "model_parallel_size": 1},
+        "optimizer": {"_name": "adam", "lr": [0.05], "adam_betas": "(0.9, 0.999)",
+                      "adam_eps": 1e-8, "weight_decay": 0.1, "fp16_adam_stats": False,
+                      "tpu": False, "use_old_adam": False},
+        "optimization": {"update_freq": [1]},
+        "distributed_training": {"distributed_world_size": 1},
+    })
+    opt = FP16Optimizer.build_optimizer(cfg, list(model.parameters()))
+    for step in range(4):
+        if step == 2:  # prune after Adam state exists
+            masks.apply_(model)
+            masks.mask_optimizer_(opt, model)
+        opt.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape).half()
+        if step >= 2:
+            masks.mask_grads_(model)
+        opt.clip_grad_norm(0.5)  # syncs fp16 grads into the fp32 masters
+        if step >= 2:
+            masks.mask_optimizer_(opt, model, grads=True)
+        opt.step()
+        if step >= 2:
+            masks.apply_(model)
+            masks.mask_optimizer_(opt, model)
+    flat = next(iter(opt.fp32_params.values()))
+    state = opt.optimizer.state[flat]
+    off = 0
+    for n, p in model.named_parameters():
+        if n in masks:
+            m = masks.masks[n].reshape(-1)
+            assert torch.count_nonzero(p.data.reshape(-1)[~m]) == 0
+            for t in (flat.data, state["exp_avg"], state["exp_avg_sq"]):
+                assert torch.count_nonzero(t[off:off + p.numel()][~m]) == 0, n
+            assert torch.count_nonzero(flat.data[off:off + p.numel()][m]) > 0
+        off += p.numel()
