@@ -25,9 +25,8 @@ name; a pattern that matches no parameter is an error.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
-import torch
 from torch import nn
 
 _OUTPUT_NAMES = {"fc_out", "output_projection", "output_proj_vocab", "lm_head"}
@@ -139,10 +138,3 @@ def tied_names(model: nn.Module) -> Dict[str, List[str]]:
     """Parameters reachable under several names: first name -> the other names."""
     return {k: v[1:] for k, v in _aliases(model).items() if len(v) > 1}
 
-
-def lstm_gate_groups(name: str, shape: torch.Size) -> Optional[List[str]]:
-    """Row groups of a torch LSTM weight (gate order i, f, g=ĥ, o; Eq. 2), or None."""
-    leaf = name.rpartition(".")[2]
-    if _RNN_WEIGHT.match(leaf) and len(shape) == 2 and shape[0] % 4 == 0:
-        return ["i", "f", "h_hat", "o"]
-    return None

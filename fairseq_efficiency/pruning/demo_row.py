@@ -1,5 +1,4 @@
 """``make demo`` row: the baseline pruned 80% class-blind, then retrained one epoch with masks."""
-import os
 
 from fairseq_efficiency.cli.demo import register_demo_row
 

@@ -17,7 +17,6 @@ layout (int32 column index per value) would cost ``2d``, more than the bitmask
 above ~3% density.
 """
 import io
-import os
 from collections import OrderedDict
 
 import torch

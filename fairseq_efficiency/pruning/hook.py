@@ -95,10 +95,6 @@ class PruningHook(EfficiencyHook):
     def on_model_built(self, model):
         if self.schedule or self.include or self.exclude:
             find_weight_classes(model, self.include, self.exclude, self.split_lstm)  # fail early
-        if self.masks_from and self.masks is None:
-            self.masks = load_masks(self.masks_from)
-            self.masks.params(model)  # names and shapes must match
-            self._dirty = True
 
     def prune(self, model, ratio):
         """One pruning event: new masks from the current weights, applied at once."""
@@ -121,6 +117,10 @@ class PruningHook(EfficiencyHook):
     # -- training loop -------------------------------------------------------------------
     def before_train_step(self, sample, model, update_num):
         self._model_ref = model
+        if self.masks_from and self.masks is None:  # training only (not at generation time)
+            self.masks = load_masks(self.masks_from)
+            self.masks.params(model)  # names and shapes must match
+            self._dirty = True
         if self._dirty and self.masks is not None:
             self.masks.apply_(model)
             self._dirty = False
