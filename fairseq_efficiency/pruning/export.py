@@ -72,6 +72,9 @@ def sparsify_state(model_state, max_density=MAX_DENSITY):
 
 def export_state(state, max_density=MAX_DENSITY):
     """A fairseq checkpoint dict for inference: sparse model, no optimizer state."""
+    from fairseq_efficiency.pruning.checkpoint import plain_cfg
+
+    state = plain_cfg(state)
     extra = dict(state.get("extra_state") or {})
     for k in list(extra):  # pruning masks are implied by the zeros
         if isinstance(extra[k], dict) and "hooks" in extra[k]:
