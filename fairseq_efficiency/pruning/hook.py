@@ -49,8 +49,9 @@ class PruningConfig(FairseqDataclass):
     prune_end_update: int = field(default=0, metadata={
         "help": "update of the last pruning event when --prune-steps > 1"})
     prune_lr_scale: float = field(default=1.0, metadata={
-        "help": "from the first pruning event on, multiply the learning rate given by the LR "
-                "scheduler by this factor (the paper retrains with half the LR)"})
+        "help": "while pruning masks are active (from the first pruning event on, or from a "
+                "restored pruned checkpoint), multiply the learning rate the LR scheduler gives "
+                "by this factor at every step (the paper retrains with half the LR)"})
     prune_include: Optional[str] = field(default=None, metadata={
         "help": "comma-separated regexes: prune only parameters whose name matches one "
                 "(default: all weight matrices and embeddings, no biases or norms)"})
@@ -139,7 +140,7 @@ class PruningHook(EfficiencyHook):
             return
         self.masks.mask_grads_(model)
         self.masks.mask_optimizer_(optimizer, model, grads=True)
-        if self.lr_scale != 1.0 and self.events_done > 0:
+        if self.lr_scale != 1.0:
             self._lr = optimizer.get_lr()
             optimizer.set_lr(self._lr * self.lr_scale)
 

@@ -48,6 +48,7 @@ class MaskSet:
     def __init__(self, masks: Optional[Mapping[str, torch.Tensor]] = None):
         self.masks: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self._pruned: Dict[Tuple[str, torch.device], torch.Tensor] = {}
+        self._sparsity: Optional[float] = None
         for n, m in (masks or {}).items():
             self.masks[n] = m.bool()
 
@@ -115,9 +116,11 @@ class MaskSet:
         return {n: (int((~m).sum()), m.numel()) for n, m in self.masks.items()}
 
     def sparsity(self) -> float:
-        pruned = sum(int((~m).sum()) for m in self.masks.values())
-        total = sum(m.numel() for m in self.masks.values())
-        return pruned / max(total, 1)
+        if self._sparsity is None:  # masks are never edited in place
+            pruned = sum(int((~m).sum()) for m in self.masks.values())
+            total = sum(m.numel() for m in self.masks.values())
+            self._sparsity = pruned / max(total, 1)
+        return self._sparsity
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, dict]:
