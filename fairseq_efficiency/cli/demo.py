@@ -16,6 +16,7 @@ already-tokenized text, ``tokenize="none"``), ``train s`` the wall time of the
 import argparse
 import importlib
 import json
+import logging
 import os
 import pkgutil
 import re
@@ -169,6 +170,7 @@ def generate_bleu(data_bin, checkpoint, threads=2, extra_args=(), log_path=None,
     if res.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed on {checkpoint}:\n" + res.stderr[-2000:])
     hyps, refs = parse_generate_output(res.stdout)
+    logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the text is tokenized on purpose
     return round(sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score, 2)
 
 
@@ -245,6 +247,7 @@ def main(argv=None):
 
     os.makedirs(args.workdir, exist_ok=True)
     print(f"[demo] preparing the embedded corpus in {args.workdir}/ ...", flush=True)
+    logging.getLogger("fairseq_cli.preprocess").setLevel(logging.WARNING)
     data_bin = prepare(args.workdir, DEMO_CORPUS)
     ctx = DemoContext(data_bin=data_bin, workdir=args.workdir, threads=args.threads)
     rows = []

@@ -29,3 +29,14 @@ def test_changed_settings_rebuild_and_joined_dictionary(tmp_path, capsys):
     src = open(out / "data-bin" / "dict.src.txt").read()
     assert src == open(out / "data-bin" / "dict.tgt.txt").read() and src.count("\n") > n1
     assert not os.path.exists(str(out / "data-bin") + ".tmp")
+
+
+def test_bad_arguments_one_line_error(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "x"), "--workers", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers must be >= 1" in err[0]
+    assert not os.path.exists(tmp_path / "x")
