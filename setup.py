@@ -37,6 +37,8 @@ setup(
             "fairseq-efficiency-prepare = fairseq_efficiency.data.prepare:main",
             "fairseq-efficiency-demo = fairseq_efficiency.cli.demo:main",
             "fairseq-efficiency-featurize = fairseq_efficiency.assist.features:main",
+            "fairseq-efficiency-prune = fairseq_efficiency.pruning.cli:prune_main",
+            "fairseq-efficiency-sparse-export = fairseq_efficiency.pruning.cli:export_main",
             "fairseq-efficiency-launch = fairseq_efficiency.cli.launch:main",
         ],
     },

@@ -25,12 +25,13 @@ from fairseq_efficiency.features import build_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
 from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.meprop.hook import MeSimpConfig
+from fairseq_efficiency.pruning.hook import PruningConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig, MeSimpConfig):
+class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig, MeSimpConfig, PruningConfig):
     """TranslationConfig plus the options of every efficiency technique."""
 
 

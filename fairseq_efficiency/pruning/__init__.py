@@ -1,0 +1,13 @@
+"""Magnitude pruning of NMT models (See, Luong & Manning 2016).
+
+* :mod:`.classes` — weight classes (paper Fig. 2) found from parameter names/module types;
+* :mod:`.schemes` — class-blind / class-uniform / class-distribution masks (sec. 3.3);
+* :mod:`.masks` — masks enforced on weights, gradients and optimizer state (sec. 3.4);
+* :mod:`.hook` — ``--prune-*`` flags of the ``translation_efficiency`` task;
+* :mod:`.checkpoint` / :mod:`.cli` — ``fairseq-efficiency-prune`` (offline pruning,
+  ``--analyze``) and ``fairseq-efficiency-sparse-export`` (compact checkpoints).
+"""
+from fairseq_efficiency.pruning import export as _export  # noqa: F401  (allow-lists densify)
+from fairseq_efficiency.pruning.hook import PruningConfig, PruningHook  # noqa: F401
+from fairseq_efficiency.pruning.masks import MaskSet  # noqa: F401
+from fairseq_efficiency.pruning.schemes import SCHEMES, compute_masks  # noqa: F401

@@ -1,0 +1,137 @@
+"""Offline pruning and export of fairseq checkpoints."""
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+
+import torch
+
+from fairseq_efficiency.pruning.classes import find_weight_classes
+from fairseq_efficiency.pruning.masks import MaskSet
+from fairseq_efficiency.pruning.schemes import check_ratio, check_scheme, compute_masks
+
+logger = logging.getLogger(__name__)
+
+TASK_KEY = "TranslationEfficiencyTask"  # the task's get_checkpoint_dict key
+
+
+class PruneError(Exception):
+    """A one-line user-facing error of the pruning tools."""
+
+
+def read_checkpoint(path, arg_overrides=None):
+    from fairseq import checkpoint_utils
+
+    if not os.path.isfile(path):
+        raise PruneError(f"checkpoint {path} does not exist")
+    try:
+        return checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides=arg_overrides)
+    except Exception as e:  # noqa: BLE001  (unpickling errors of all kinds)
+        raise PruneError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def build_from_checkpoint(path, data=None):
+    """``(state, task, model)``: the checkpoint's model built from its own cfg, weights loaded."""
+    from fairseq import tasks
+
+    import fairseq_efficiency  # noqa: F401  (registers the plugin's tasks and models)
+
+    state = read_checkpoint(path, {"data": data} if data else None)
+    cfg = state.get("cfg")
+    if cfg is None:
+        raise PruneError(f"cannot build the model of {path}: the checkpoint has no 'cfg' "
+                         "(written by fairseq < 0.10?)")
+    try:
+        task = tasks.setup_task(cfg.task)
+        model = task.build_model(cfg.model)
+        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    except Exception as e:  # noqa: BLE001
+        msg = " ".join(str(e).split())  # one line
+        msg = msg if len(msg) <= 300 else msg[:297] + "..."
+        raise PruneError(f"cannot build the model of {path}: {type(e).__name__}: {msg}") from e
+    model.eval()
+    return state, task, model
+
+
+def prune_model(model, scheme, ratio, include=(), exclude=(), split_lstm=False):
+    """``(classes, PruneResult, MaskSet)``; the model's pruned weights are zeroed."""
+    classes = find_weight_classes(model, include, exclude, split_lstm)
+    params = dict(model.named_parameters())
+    tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
+    res = compute_masks(tensors, scheme, ratio)
+    masks = MaskSet(res.masks)
+    masks.apply_(model)
+    return classes, res, masks
+
+
+def attach_masks(state, masks: MaskSet, scheme, fresh_start=True):
+    """Put ``masks`` where the ``translation_efficiency`` task restores hook state from.
+
+    With ``fresh_start`` the training iterator is reset to the start of epoch 1
+    and the "best" value dropped: ``fairseq-train --restore-file`` then retrains
+    the pruned model as a new phase and hands the masks to the pruning hook
+    (fairseq restores task state together with the iterator, i.e. unless
+    ``--reset-dataloader``; with that flag use ``--prune-masks-from``).
+    """
+    extra = dict(state.get("extra_state") or {})
+    task_state = dict(extra.get(TASK_KEY) or {})
+    hooks = dict(task_state.get("hooks") or {})
+    hooks["pruning"] = {"version": 1, "masks": masks.state_dict(), "events_done": 0,
+                        "scheme": scheme}
+    task_state["hooks"] = hooks
+    extra[TASK_KEY] = task_state
+    if fresh_start:
+        extra["train_iterator"] = {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True,
+                                   "version": 2}
+        extra.pop("best", None)
+    state["extra_state"] = extra
+    return state
+
+
+def plain_cfg(state):
+    """fairseq saves ``cfg`` as plain containers (``load_checkpoint_to_cpu`` returns a DictConfig)."""
+    from omegaconf import OmegaConf
+
+    cfg = state.get("cfg")
+    if cfg is not None and OmegaConf.is_config(cfg):
+        state = dict(state)
+        state["cfg"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return state
+
+
+def atomic_save(obj, out_path, inputs=()):
+    """``torch.save`` to ``out_path`` through a temporary file (nothing left on failure)."""
+    obj = plain_cfg(obj)
+    out_abs = os.path.abspath(out_path)
+    for p in inputs:
+        if os.path.abspath(p) == out_abs or (os.path.exists(out_path) and os.path.samefile(p, out_path)):
+            raise PruneError(f"refusing to overwrite the input checkpoint {p}; choose another -o")
+    d = os.path.dirname(out_abs)
+    if not os.path.isdir(d):
+        raise PruneError(f"output directory {d} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=d)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, out_abs)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out_abs
+
+
+def prune_checkpoint(path, out_path, scheme, ratio, include=(), exclude=(), split_lstm=False,
+                     data=None):
+    """Prune a checkpoint offline; returns ``(classes, PruneResult, MaskSet)``."""
+    check_scheme(scheme)
+    check_ratio(ratio)
+    if os.path.abspath(path) == os.path.abspath(out_path):
+        raise PruneError(f"refusing to overwrite the input checkpoint {path}; choose another -o")
+    state, task, model = build_from_checkpoint(path, data)
+    classes, res, masks = prune_model(model, scheme, ratio, include, exclude, split_lstm)
+    pruned = model.state_dict()
+    state["model"] = OrderedDict((k, pruned[k]) for k in state["model"])
+    attach_masks(state, masks, scheme)
+    atomic_save(state, out_path, inputs=[path])
+    return classes, res, masks

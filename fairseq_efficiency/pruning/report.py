@@ -1,0 +1,27 @@
+"""Per-class sparsity tables (logged at every pruning event)."""
+from typing import Mapping, Optional, Sequence
+
+
+def class_stats(classes: Mapping[str, Sequence[str]], masks) -> list:
+    """``[(class, pruned, total), ...]`` from a :class:`MaskSet` (or name -> keep mask)."""
+    m = masks.masks if hasattr(masks, "masks") else masks
+    rows = []
+    for c, names in classes.items():
+        pruned = sum(int((~m[n]).sum()) for n in names if n in m)
+        total = sum(m[n].numel() for n in names if n in m)
+        rows.append((c, pruned, total))
+    return rows
+
+
+def format_class_table(classes, masks, thresholds: Optional[Mapping[str, float]] = None) -> str:
+    rows = class_stats(classes, masks)
+    thresholds = thresholds or {}
+    w = max([len("class")] + [len(r[0]) for r in rows] + [len("total")])
+    lines = [f"{'class':<{w}} {'weights':>10} {'pruned':>10} {'sparsity':>8} {'|w| thr':>9}"]
+    for c, pruned, total in rows:
+        thr = thresholds.get(c)
+        lines.append(f"{c:<{w}} {total:>10d} {pruned:>10d} {pruned / max(total, 1):>8.4f} "
+                     + (f"{thr:>9.3g}" if thr is not None else f"{'-':>9}"))
+    tp, tt = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    lines.append(f"{'total':<{w}} {tt:>10d} {tp:>10d} {tp / max(tt, 1):>8.4f} {'':>9}")
+    return "\n".join(lines)
