@@ -11,3 +11,4 @@ from fairseq_efficiency import compat
 compat.install()
 
 from fairseq_efficiency import criterions, models, task  # noqa: E402,F401  (registration)
+from fairseq_efficiency import parallel  # noqa: E402,F401

@@ -12,3 +12,5 @@ Plain PyTorch core (usable without fairseq):
 fairseq edge: model ``hybrid_lstm`` (:mod:`fairseq_efficiency.models.hybrid_lstm`),
 criterion ``hybrid_cross_entropy`` and the batch-sharding hook (:mod:`.fairseq_glue`).
 """
+
+from fairseq_efficiency.parallel import fairseq_glue  # noqa: E402,F401  (registration)

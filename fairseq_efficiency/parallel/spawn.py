@@ -1,8 +1,8 @@
 """Run a function on N local CPU ranks (gloo) and collect what each returns.
 
 Used by the equivalence tests and ``benchmarks/hybrid.py``; fairseq runs use
-``fairseq-efficiency-launch`` instead.  ``fn`` must be importable by module
-path (the ranks are started with the ``spawn`` method).
+``fairseq-efficiency-launch`` instead.  With the default ``spawn``
+start method ``fn`` must be importable by module path.
 """
 import io
 import os
@@ -36,9 +36,14 @@ def _worker(rank, world, port, threads, fn, args, queue):
         queue.put((rank, None, traceback.format_exc()))
 
 
-def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout: float = 300.0):
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return results by rank."""
-    ctx = mp.get_context("spawn")
+def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout: float = 300.0,
+              start_method: str = "spawn"):
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return results by rank.
+
+    ``start_method="fork"`` skips re-importing torch/fairseq in every rank (fast
+    tests); use it only from a process that has not started threads of its own.
+    """
+    ctx = mp.get_context(start_method)
     queue = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, threads, fn, args, queue))

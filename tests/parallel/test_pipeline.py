@@ -22,7 +22,7 @@ CASES_4 = [
 
 
 def _check(cases, world):
-    results = run_ranks(W.pipeline_cases, world, cases, timeout=120)
+    results = run_ranks(W.pipeline_cases, world, cases, timeout=120, start_method="fork")
     for k, (layers, balance, chunks, shape) in enumerate(cases):
         ref_loss, ref_grads = W.reference(layers, shape)
         ref_S, ref_H = W.reference_states(layers, shape)
