@@ -10,9 +10,18 @@ numpy scalars and dtypes in meters and "best" values). Rather than turning the
 guard off (``weights_only=False`` would let a checkpoint run arbitrary code),
 the plugin allow-lists exactly those types with
 ``torch.serialization.add_safe_globals``; anything else still fails loudly.
+
+Data-parallel resume: rank 0 reads the checkpoint file (under the guard above),
+turns its config into an omegaconf ``DictConfig`` and sends the whole state to
+the other ranks with ``torch.save``/``torch.load`` over the process group
+(``fairseq.distributed.utils._broadcast_object_slow``). Those bytes are the
+job's own in-memory objects from a peer rank, not a file, so the receiving side
+unpickles them with ``weights_only=False``; without that every rank > 0 fails to
+resume on torch >= 2.6.
 """
 import argparse
 import collections
+import io
 
 import numpy as np
 import torch
@@ -41,6 +50,24 @@ def checkpoint_safe_globals():
     return [t for t in types if t is not None]
 
 
+def _broadcast_object_slow(obj, src_rank, group, dist_device):
+    """fairseq's object broadcast; receivers unpickle the peer's bytes without the file guard."""
+    from fairseq.distributed.utils import broadcast, get_rank
+
+    if get_rank(group) == src_rank:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = torch.ByteTensor(buffer.getbuffer()).to(dist_device)
+        broadcast(torch.LongTensor([len(data)]).to(dist_device), src=src_rank, group=group)
+        broadcast(data, src=src_rank, group=group)
+        return obj
+    length = torch.LongTensor([0]).to(dist_device)
+    broadcast(length, src=src_rank, group=group)
+    data = torch.ByteTensor(int(length.item())).to(dist_device)
+    broadcast(data, src=src_rank, group=group)
+    return torch.load(io.BytesIO(data.cpu().numpy()), map_location="cpu", weights_only=False)
+
+
 def install():
     """Idempotently install every shim."""
     global _INSTALLED
@@ -49,4 +76,8 @@ def install():
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch >= 2.4
         add(checkpoint_safe_globals())
+        from fairseq.distributed import utils as dist_utils
+
+        if hasattr(dist_utils, "_broadcast_object_slow"):
+            dist_utils._broadcast_object_slow = _broadcast_object_slow
     _INSTALLED = True

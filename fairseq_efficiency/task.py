@@ -13,8 +13,10 @@ Checkpoints: the hooks' state goes into the checkpoint's ``extra_state`` under
 """
 import atexit
 import logging
+import os
 from dataclasses import dataclass
 
+from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
@@ -46,6 +48,16 @@ class TranslationEfficiencyTask(TranslationTask):
         if self.hooks:
             logger.info("efficiency features: %s", ", ".join(h.name for h in self.hooks))
             atexit.register(self.hooks.call, "close")
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        for path in utils.split_paths(cfg.data):
+            if not os.path.isdir(path):
+                raise FileNotFoundError(
+                    f"translation_efficiency: data directory {path} does not exist "
+                    "(binarize your corpus with fairseq-preprocess, or fairseq-efficiency-prepare)"
+                )
+        return super().setup_task(cfg, **kwargs)
 
     # -- data -------------------------------------------------------------------
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):

@@ -43,9 +43,9 @@ def run_cli(module, args, cwd=None, check=True, timeout=600, env=None):
 def train_args(data_bin, save_dir, *extra):
     """Common fairseq-train arguments for a tiny CPU run with the plugin."""
     return [
-        data_bin, "--user-dir", userdir(), "--cpu", "--seed", "1", "--num-workers", "0",
+        str(data_bin), "--user-dir", userdir(), "--cpu", "--seed", "1", "--num-workers", "0",
         "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "1000",
-        "--save-dir", save_dir, "--log-format", "simple", "--log-interval", "1",
+        "--save-dir", str(save_dir), "--log-format", "simple", "--log-interval", "1",
         "--no-progress-bar",
-        *TINY_LSTM, *extra,
+        *TINY_LSTM, *map(str, extra),
     ]

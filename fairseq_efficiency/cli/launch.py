@@ -73,8 +73,12 @@ def _command(argv):
     return [argv[0]], list(argv[1:])
 
 
-def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None, timeout=None):
-    """Run ``argv`` (e.g. ``["fairseq-train", data, ...]``) as ``nproc`` ranks; return the exit code."""
+def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None, timeout=None,
+           stdout=None):
+    """Run ``argv`` (e.g. ``["fairseq-train", data, ...]``) as ``nproc`` ranks; return the exit code.
+
+    ``stdout``: a file for rank 0's output (default: this process's stdout).
+    """
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     if threads_per_rank < 1:
@@ -88,7 +92,7 @@ def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None,
     procs, logs = [], []
     try:
         for rank in range(nproc):
-            out = None
+            out = stdout
             if rank > 0:
                 out = open(os.path.join(log_dir, f"rank{rank}.log"), "w") if log_dir else subprocess.DEVNULL
                 if log_dir:

@@ -7,6 +7,7 @@ from the same generator settings; it is rebuilt when they change.
 """
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -70,6 +71,9 @@ def prepare(out_dir, cfg: synthetic.CorpusConfig, joined_dictionary=False, worke
 
 
 def main(argv=None):
+    # fairseq CLIs log to stdout; keep stdout for the data-bin path (DATA=$(...))
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO, stream=sys.stderr)
     parser = argparse.ArgumentParser(
         prog="fairseq-efficiency-prepare",
         description="Generate the embedded corpus and binarize it with fairseq-preprocess.",

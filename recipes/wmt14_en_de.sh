@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# WMT14 English-German with fairseq-efficiency, on an 8-GPU machine.
+#
+#   recipes/wmt14_en_de.sh prepare          # tokenise + BPE (fairseq's own script), binarize
+#   recipes/wmt14_en_de.sh train RUN [extra fairseq-train flags]
+#   recipes/wmt14_en_de.sh eval RUN
+#
+# RUN names a variant defined in variant() below (baseline, and one per technique); extra
+# flags are appended, so any fairseq option can be changed from the command line.
+# Environment: FAIRSEQ_SRC (a fairseq source checkout, for examples/translation/
+# prepare-wmt14en2de.sh, which downloads the data and needs mosesdecoder + subword-nmt),
+# WORK (default: ./wmt14), NGPU (default: 8).
+set -euo pipefail
+
+WORK=${WORK:-$PWD/wmt14}
+NGPU=${NGPU:-8}
+DATA=$WORK/data-bin/wmt14_en_de
+USER_DIR=$(fairseq-efficiency-userdir)
+
+# The paper-scale LSTM (4+4 layers, 1024 hidden, 512 embeddings; See et al. / Ono et al.).
+LSTM=(--arch lstm --encoder-layers 4 --decoder-layers 4 --encoder-embed-dim 512
+      --decoder-embed-dim 512 --decoder-out-embed-dim 512 --encoder-hidden-size 1024
+      --decoder-hidden-size 1024 --dropout 0.2)
+COMMON=(--task translation_efficiency --criterion sentence_cross_entropy --label-smoothing 0.1
+        --optimizer adam --adam-betas "(0.9,0.98)" --lr 0.001 --lr-scheduler inverse_sqrt
+        --warmup-updates 4000 --clip-norm 1.0 --max-tokens 8192 --max-update 100000
+        --save-interval-updates 5000 --keep-interval-updates 5 --fp16)
+
+variant() {
+  case "$1" in
+    baseline) echo "${LSTM[@]}" ;;
+    *) echo "unknown variant $1 (see recipes/wmt14_en_de.sh)" >&2; exit 2 ;;
+  esac
+}
+
+case "${1:-}" in
+  prepare)
+    : "${FAIRSEQ_SRC:?set FAIRSEQ_SRC to a fairseq source checkout}"
+    mkdir -p "$WORK" && cd "$WORK"
+    bash "$FAIRSEQ_SRC/examples/translation/prepare-wmt14en2de.sh"
+    fairseq-preprocess --source-lang en --target-lang de --joined-dictionary \
+      --trainpref wmt14_en_de/train --validpref wmt14_en_de/valid --testpref wmt14_en_de/test \
+      --destdir "$DATA" --workers 16
+    ;;
+  train)
+    run=${2:?usage: $0 train RUN [flags]}; shift 2
+    # shellcheck disable=SC2046
+    fairseq-train "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" $(variant "$run") \
+      --distributed-world-size "$NGPU" --save-dir "$WORK/checkpoints/$run" \
+      --log-format json --log-file "$WORK/$run.log" "$@"
+    ;;
+  eval)
+    run=${2:?usage: $0 eval RUN}
+    fairseq-generate "$DATA" --user-dir "$USER_DIR" --path "$WORK/checkpoints/$run/checkpoint_best.pt" \
+      --beam 5 --lenpen 0.6 --batch-size 128 --required-batch-size-multiple 1 --remove-bpe \
+      --scoring sacrebleu | tee "$WORK/$run.gen" | tail -1
+    ;;
+  *) sed -n 2,14p "$0"; exit 2 ;;
+esac
