@@ -56,8 +56,8 @@ def test_two_ranks_train_validate_save_resume(tiny_data_bin, tmp_path):
     assert [u for _, u in _valid(text)] == ["4"]
     assert os.path.isfile(save / "checkpoint_last.pt")
 
-    text = _launch(_args(tiny_data_bin, save, "--max-update", "8", *PIPE,
-                         "--load-checkpoint-on-all-dp-ranks"), tmp_path, "resume")
+    text = _launch(_args(tiny_data_bin, save, "--max-update", "8", *PIPE),
+                 tmp_path, "resume")  # rank 0 loads, fairseq broadcasts to rank 1
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ 4 updates\)", text)
     assert _train_inner(text) == ref_inner[4:]
     assert _valid(text)[-1] == _valid(single_text)[-1]
