@@ -73,9 +73,10 @@ def _layout(cfg):
 
 
 class HybridLSTMEncoder(FairseqEncoder):
-    def __init__(self, dictionary, core: HybridEncoder):
+    def __init__(self, dictionary, core: HybridEncoder, max_positions: int):
         super().__init__(dictionary)
         self.core = core
+        self._max_positions = max_positions
 
     def forward(self, src_tokens, src_lengths=None, **kwargs):
         src = utils.convert_padding_direction(src_tokens, self.core.padding_idx, left_to_right=True)
@@ -96,7 +97,7 @@ class HybridLSTMEncoder(FairseqEncoder):
         }
 
     def max_positions(self):
-        return int(1e5)
+        return self._max_positions
 
 
 class HybridLSTMDecoder(FairseqIncrementalDecoder):
@@ -170,7 +171,7 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
         dec = HybridDecoder(len(tgt_dict), cfg.decoder_embed_dim, cfg.hidden_size, cfg.layers,
                             tgt_dict.pad(), cfg.dropout, cfg.input_feeding,
                             cfg.share_decoder_input_output_embed)
-        model = cls(cfg, HybridLSTMEncoder(src_dict, enc),
+        model = cls(cfg, HybridLSTMEncoder(src_dict, enc, cfg.max_source_positions),
                     HybridLSTMDecoder(tgt_dict, dec, cfg.max_target_positions))
         model.setup_parallel()
         return model

@@ -75,3 +75,15 @@ def test_rejects_bad_configuration():
     feed = HybridSeq2Seq(W.VOCAB, W.VOCAB, W.PAD, 6, 8, 2, input_feeding=True)
     with pytest.raises(ValueError, match="cannot be wavefront-pipelined"):
         WavefrontPipeline(feed.encoder, feed.decoder, [1, 1], 2, rank=0, world_size=2)
+
+
+def test_two_pipeline_groups_are_data_parallel_replicas():
+    """World 4 with 2 stages: ranks {0,1} and {2,3} are two pipelines; the all-reduce sums both."""
+    case = (2, [1, 1], 2, (5, 7, 6))
+    results = run_ranks(W.pipeline_cases, 4, [case], timeout=120, start_method="fork")
+    ref_loss, ref_grads = W.reference(*case[:1], case[3])
+    assert [r[0]["share"] for r in results] == [(0, 3), (3, 5), (0, 3), (3, 5)]
+    for r in results:
+        torch.testing.assert_close(r[0]["loss"], 2 * ref_loss, rtol=RTOL, atol=ATOL)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(r[0]["grads"][name], 2 * g, rtol=RTOL, atol=ATOL)
