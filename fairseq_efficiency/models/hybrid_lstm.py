@@ -24,7 +24,7 @@ from fairseq.models import (
 )
 from omegaconf import II
 
-from fairseq_efficiency.parallel.fairseq_glue import HYBRID_SHARE
+from fairseq_efficiency.parallel.fairseq_glue import HYBRID_SHARE, HYBRID_WAIT
 from fairseq_efficiency.parallel.pipeline import DevicePipeline, WavefrontPipeline
 from fairseq_efficiency.parallel.seq2seq import HybridDecoder, HybridEncoder
 
@@ -213,7 +213,8 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
             logits, attn = self.pipeline(src, prev_output_tokens)
             return logits, {"attn": [attn]}
         logits, attn, share = self.pipeline(src, prev_output_tokens)
-        return logits, {"attn": [attn], HYBRID_SHARE: share}
+        return logits, {"attn": [attn], HYBRID_SHARE: share,
+                        HYBRID_WAIT: self.pipeline.pop_wait()}
 
     def get_targets(self, sample, net_output):
         target = sample["target"]

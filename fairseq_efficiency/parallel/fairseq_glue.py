@@ -15,6 +15,7 @@ from typing import Optional
 
 from fairseq import utils
 from fairseq.criterions import register_criterion
+from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_efficiency.criterions.sentence_cross_entropy import (
@@ -25,6 +26,7 @@ from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.parallel.pipeline import WavefrontPipeline
 
 HYBRID_SHARE = "hybrid_share"
+HYBRID_WAIT = "hybrid_wait_s"
 
 
 def share_of_sample(sample, lo: int, hi: int, padding_idx: int):
@@ -64,6 +66,11 @@ class HybridCrossEntropyCriterion(SentenceCrossEntropyCriterion):
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
         }
+        if share is not None:
+            # this rank's time blocked on the other ranks (the previous update's backward
+            # and this forward): pipeline bubbles + transfers, logged as pipe_wait_ms
+            logging_output["hybrid_wait_ms"] = 1000.0 * extra.get(HYBRID_WAIT, 0.0)
+            logging_output["hybrid_ranks"] = 1
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
@@ -76,6 +83,14 @@ class HybridCrossEntropyCriterion(SentenceCrossEntropyCriterion):
             logging_output[SENTENCE_LOSS], logging_output[SENTENCE_NTOKENS] = sentence_nll(
                 lprobs.detach(), target, self.padding_idx, sample["target"].size(0))
         return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        ranks = sum(log.get("hybrid_ranks", 0) for log in logging_outputs)
+        if ranks:
+            wait = sum(log.get("hybrid_wait_ms", 0.0) for log in logging_outputs)
+            metrics.log_scalar("pipe_wait_ms", wait / ranks, ranks, round=1)
 
 
 @dataclass

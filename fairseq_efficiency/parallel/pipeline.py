@@ -33,6 +33,7 @@ parameters:
     device on its batch share (parameters replicated differentiably with
     ``Tensor.to``), and logits are gathered on the output device.
 """
+import time
 from typing import List, Optional, Sequence
 
 import torch
@@ -122,6 +123,17 @@ class WavefrontPipeline:
         self.ranks = list(range(base, base + self.num_stages))  # this pipeline group
         lo = sum(self.balance[:self.stage])
         self.layer_range = (lo, lo + self.balance[self.stage])
+        self.wait_s = 0.0  # time blocked on other ranks (pipeline bubbles + transfers)
+
+    def _wait(self, work):
+        t0 = time.perf_counter()
+        work.wait()
+        self.wait_s += time.perf_counter() - t0
+
+    def pop_wait(self) -> float:
+        """Seconds spent waiting for other ranks since the last call."""
+        w, self.wait_s = self.wait_s, 0.0
+        return w
 
     @property
     def is_last(self):
@@ -185,7 +197,7 @@ class WavefrontPipeline:
             module = enc if is_enc else dec
             x_in = None
             if prev_rank is not None:
-                recvs[i].wait()
+                self._wait(recvs[i])
                 x_in = bufs[i].requires_grad_(keep)
             st_in = [(h.detach().requires_grad_(keep), c.detach().requires_grad_(keep))
                      for h, c in states]
@@ -225,9 +237,9 @@ class WavefrontPipeline:
                 works = [dist.irecv(S_share, src=self.ranks[-1], tag=_tag(_SCATTER_S)),
                          dist.irecv(H_share, src=self.ranks[-1], tag=_tag(_SCATTER_H))]
                 for w in works:
-                    w.wait()
+                    self._wait(w)
         for w, _ in sends:
-            w.wait()
+            self._wait(w)
         run = _Stage(items, segments, shares, (Ts, B, hidden), (Tt, B, hidden)) if keep else None
         return S_share, H_share, run
 
@@ -250,7 +262,7 @@ class WavefrontPipeline:
                     pending.append((dist.irecv(bs, src=self.ranks[r], tag=_tag(_GATHER_S)), bs, a, b, gS))
                     pending.append((dist.irecv(bh, src=self.ranks[r], tag=_tag(_GATHER_H)), bh, a, b, gH))
             for w, buf, a, b, full in pending:
-                w.wait()
+                self._wait(w)
                 full[:, a:b] = buf
         elif s_hi > s_lo:
             for kind, g in ((_GATHER_S, grad_S), (_GATHER_H, grad_H)):
@@ -272,7 +284,7 @@ class WavefrontPipeline:
             if self.is_last:
                 g_out = gS[a:b] if is_enc else gH[a:b]
             else:
-                recvs[i].wait()
+                self._wait(recvs[i])
                 g_out = bufs[i]
             tensors, grads = [out], [g_out]
             if g_state is not None:
@@ -288,7 +300,7 @@ class WavefrontPipeline:
                 sends.append((dist.isend(msg, dst=prev_rank, tag=_tag(_BWD, i)), msg))
             g_state = [(h.grad, c.grad) for h, c in st_in]
         for w, _ in sends:
-            w.wait()
+            self._wait(w)
 
 
 class DevicePipeline:

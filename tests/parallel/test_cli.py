@@ -54,6 +54,7 @@ def test_two_ranks_train_validate_save_resume(tiny_data_bin, tmp_path):
     # the same batches (both ranks read the same shard) and the exact full-batch loss
     assert _train_inner(text) == ref_inner[:4]
     assert [u for _, u in _valid(text)] == ["4"]
+    assert re.search(r"\| train \| .*pipe_wait_ms [\d.]+", text)  # time blocked on the other rank
     assert os.path.isfile(save / "checkpoint_last.pt")
 
     text = _launch(_args(tiny_data_bin, save, "--max-update", "8", *PIPE),
