@@ -14,3 +14,4 @@ from fairseq_efficiency import criterions, models, task  # noqa: E402,F401  (reg
 from fairseq_efficiency import assist  # noqa: E402,F401  (registration)
 from fairseq_efficiency import meprop  # noqa: E402,F401  (registration)
 from fairseq_efficiency import pruning  # noqa: E402,F401  (registration)
+from fairseq_efficiency import parallel  # noqa: E402,F401  (registration)

@@ -98,6 +98,11 @@ class EfficiencyHook:
         """
         return None
 
+    def batch_shards(self, num_shards: int, shard_id: int):
+        """Return the ``(num_shards, shard_id)`` every batch iterator (train and valid)
+        is built with; e.g. ranks that must read the same batches share a shard."""
+        return num_shards, shard_id
+
     def reduce_metrics(self, logging_outputs):
         """Log the hook's own metrics through :mod:`fairseq.logging.metrics`."""
 
@@ -149,6 +154,11 @@ class HookList:
             if itr is not None:
                 return itr
         return None
+
+    def batch_shards(self, num_shards, shard_id):
+        for h in self.hooks:
+            num_shards, shard_id = h.batch_shards(num_shards, shard_id)
+        return num_shards, shard_id
 
     def state_dict(self):
         return {h.name: h.state_dict() for h in self.hooks}

@@ -26,12 +26,14 @@ from fairseq_efficiency.hooks import HookList, StepOutput
 from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.meprop.hook import MeSimpConfig
 from fairseq_efficiency.pruning.hook import PruningConfig
+from fairseq_efficiency.parallel.fairseq_glue import HybridParallelConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig, MeSimpConfig, PruningConfig):
+class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig, MeSimpConfig, PruningConfig,
+                                 HybridParallelConfig):
     """TranslationConfig plus the options of every efficiency technique."""
 
 
@@ -71,6 +73,9 @@ class TranslationEfficiencyTask(TranslationTask):
         return any(self.datasets.get(s) is dataset for s in self._train_splits)
 
     def get_batch_iterator(self, dataset, **kwargs):
+        if self.hooks and "num_shards" in kwargs:
+            kwargs["num_shards"], kwargs["shard_id"] = self.hooks.batch_shards(
+                kwargs["num_shards"], kwargs.get("shard_id", 0))
         if self.hooks and self.is_train_dataset(dataset):
             itr = self.hooks.train_batch_iterator(self, dataset, **kwargs)
             if itr is not None:

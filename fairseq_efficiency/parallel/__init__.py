@@ -1,0 +1,16 @@
+"""Hybrid data/model-parallel LSTM encoder-decoder (HybridNMT, Ono et al., section 3).
+
+Plain PyTorch core (usable without fairseq):
+
+* :mod:`.seq2seq` - the model: stacked LSTMs without input feeding, decoder
+  layer ``l`` initialised from encoder layer ``l``, batched Luong attention
+  head (eq. 1-6); ``input_feeding=True`` gives HybridNMT-IF.
+* :mod:`.pipeline` - :class:`WavefrontPipeline` (one process per device over
+  ``torch.distributed``) and :class:`DevicePipeline` (one process, several devices).
+* :mod:`.dist_test` - helpers to run a function on N local gloo ranks.
+
+fairseq edge: model ``hybrid_lstm`` (:mod:`fairseq_efficiency.models.hybrid_lstm`),
+criterion ``hybrid_cross_entropy`` and the batch-sharding hook (:mod:`.fairseq_glue`).
+"""
+
+from fairseq_efficiency.parallel import fairseq_glue  # noqa: E402,F401  (registration)
