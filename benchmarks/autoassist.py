@@ -165,7 +165,7 @@ def main(argv=None):
         r["train"] = {int(k): v for k, v in r["train"].items()}
         r["valid"] = {int(k): v for k, v in r["valid"].items()}
     base = rows["uniform"]
-    target = min(v["loss"] for v in base["valid"].values())
+    target = min(float(v["loss"]) for v in base["valid"].values())
 
     def boss_tokens(method, ep):
         if method == "uniform":
@@ -179,7 +179,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     base_tok = None
     for method, r in rows.items():
-        reach = [ep for ep in sorted(r["valid"]) if r["valid"][ep]["loss"] <= target + 1e-9]
+        reach = [ep for ep in sorted(r["valid"]) if float(r["valid"][ep]["loss"]) <= target + 1e-9]
         ep = reach[0] if reach else None
         tok = boss_tokens(method, ep) if ep else None
         if method == "uniform":
@@ -192,7 +192,7 @@ def main(argv=None):
         print(f"| {method} | {f'{tok:,.0f}' if tok else 'not reached'} | "
               f"{f'{base_tok / tok:.2f}x' if tok and base_tok else '-'} | "
               f"{f'{wall_to:.0f}' if wall_to else '-'} | "
-              f"{min(v['loss'] for v in r['valid'].values()):.3f} | {r['bleu']:.2f} | "
+              f"{min(float(v['loss']) for v in r['valid'].values()):.3f} | {r['bleu']:.2f} | "
               f"{train_wall / updates:.3f} | {100 * wait / train_wall:.1f} | "
               f"{last.get('keep_rate', '-')} |")
 

@@ -155,6 +155,12 @@ class HookList:
                 return itr
         return None
 
+    def add(self, hook: EfficiencyHook):
+        """Append a hook built after the task (e.g. to carry a restored checkpoint's state)."""
+        if any(h.name == hook.name for h in self.hooks):
+            raise ValueError(f"two efficiency hooks share the name {hook.name!r}")
+        self.hooks.append(hook)
+
     def batch_shards(self, num_shards, shard_id):
         for h in self.hooks:
             num_shards, shard_id = h.batch_shards(num_shards, shard_id)

@@ -21,7 +21,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
-from fairseq_efficiency.features import build_hooks
+from fairseq_efficiency.features import build_hooks, build_restoring_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
 from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.meprop.hook import MeSimpConfig
@@ -153,4 +153,11 @@ class TranslationEfficiencyTask(TranslationTask):
         return {type(self).__name__: {"hooks": self.hooks.state_dict()}} if self.hooks else {}
 
     def set_checkpoint_dict(self, state):
-        self.hooks.load_state_dict(state.get("hooks", {}))
+        states = state.get("hooks", {})
+        present = {h.name for h in self.hooks}
+        for hook in build_restoring_hooks(self.cfg, [n for n, s in states.items()
+                                                      if s and n not in present]):
+            hook.setup(self)
+            self.hooks.add(hook)
+            logger.info("efficiency feature %s: restored from the checkpoint", hook.name)
+        self.hooks.load_state_dict(states)

@@ -6,8 +6,8 @@ while training continues (retraining, See et al. 2016 section 3.4); with
 ``--prune-steps K --prune-end-update M`` it prunes gradually (cubic schedule,
 Zhu & Gupta 2017). Masks are saved in the checkpoint (task extra state) and
 restored on resume; a checkpoint written by ``fairseq-efficiency-prune`` brings
-its masks along in the same way, so the hook is always present (and idle
-until some masks exist).
+its masks along in the same way: the hook is then built from the checkpoint even
+without pruning flags (``register_hook_factory(restores=...)``).
 """
 import logging
 from dataclasses import dataclass, field
@@ -198,8 +198,13 @@ def load_masks(path) -> MaskSet:
     return MaskSet.from_state_dict(hs["masks"])
 
 
-@register_hook_factory
-def build(cfg):
+@register_hook_factory(restores=PruningHook.name)
+def build(cfg, restoring=False):
+    """On with ``--prune-ratio > 0`` or ``--prune-masks-from``; also built when a restored
+    checkpoint carries masks, so that retraining a pruned model keeps its sparsity."""
     if not hasattr(cfg, "prune_ratio"):
         return None
-    return PruningHook(cfg)
+    if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from:
+        return PruningHook(cfg)
+    check_ratio(cfg.prune_ratio, "--prune-ratio")  # e.g. a negative ratio
+    return None
