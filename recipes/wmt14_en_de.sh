@@ -4,8 +4,10 @@
 #   recipes/wmt14_en_de.sh prepare          # tokenise + BPE (fairseq's own script), binarize
 #   recipes/wmt14_en_de.sh train RUN [extra fairseq-train flags]
 #   recipes/wmt14_en_de.sh eval RUN
+#   recipes/wmt14_en_de.sh flags RUN [extra flags]   # print the fairseq-train arguments
 #
-# RUN names a variant defined in variant() below (baseline, and one per technique); extra
+# RUN names a variant defined in variant() below (baseline, autoassist, self-paced,
+# dynamic-sampling, meprop, mesimp, prune80 (after baseline), hybrid); extra
 # flags are appended, so any fairseq option can be changed from the command line.
 # Environment: FAIRSEQ_SRC (a fairseq source checkout, for examples/translation/
 # prepare-wmt14en2de.sh, which downloads the data and needs mosesdecoder + subword-nmt),
@@ -15,7 +17,7 @@ set -euo pipefail
 WORK=${WORK:-$PWD/wmt14}
 NGPU=${NGPU:-8}
 DATA=$WORK/data-bin/wmt14_en_de
-USER_DIR=$(fairseq-efficiency-userdir)
+USER_DIR=${USER_DIR:-$(fairseq-efficiency-userdir)}
 
 # The paper-scale LSTM (4+4 layers, 1024 hidden, 512 embeddings; See et al. / Ono et al.).
 LSTM=(--arch lstm --encoder-layers 4 --decoder-layers 4 --encoder-embed-dim 512
@@ -26,9 +28,27 @@ COMMON=(--task translation_efficiency --criterion sentence_cross_entropy --label
         --warmup-updates 4000 --clip-norm 1.0 --max-tokens 8192 --max-update 100000
         --save-interval-updates 5000 --keep-interval-updates 5 --fp16)
 
+MEPROP_LSTM=("${LSTM[@]/#lstm/lstm_meprop}")   # same sizes, meProp LSTM layers
+BASELINE_CKPT=$WORK/checkpoints/baseline/checkpoint_best.pt
+RESTART=(--reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler)
+
 variant() {
   case "$1" in
     baseline) echo "${LSTM[@]}" ;;
+    # AutoAssist (features built by "prepare", or on first use)
+    autoassist) echo "${LSTM[@]} --instance-selection autoassist" ;;
+    self-paced|dynamic-sampling) echo "${LSTM[@]} --instance-selection $1" ;;
+    # meProp: top-k 6.25% of the gate gradients, alternating encoder/decoder per epoch
+    meprop) echo "${MEPROP_LSTM[@]} --meprop-k 0.0625 --meprop-alternate" ;;
+    # meSimp: meProp + removal of hidden units rarely in the top-k (p = 0.08, Sun et al.)
+    mesimp) echo "${MEPROP_LSTM[@]} --meprop-k 0.0625 --mesimp-interval 2000 --mesimp-prune-rate 0.08" ;;
+    # See et al.: prune the trained baseline 80% class-blind, retrain with half the LR
+    prune80) echo "${LSTM[@]} --restore-file $BASELINE_CKPT ${RESTART[*]} --prune-ratio 0.8" \
+                  "--prune-scheme class-blind --prune-at-update 0 --prune-lr-scale 0.5" ;;
+    # HybridNMT: 4 pipeline stages (one LSTM layer per side each) x 2 data-parallel groups
+    hybrid) echo "--arch hybrid_lstm_wmt_en_de --criterion hybrid_cross_entropy" \
+                 "--pipeline-encoder-balance [1,1,1,1] --pipeline-decoder-balance [1,1,1,1]" \
+                 "--pipeline-chunks 4 --ddp-backend legacy_ddp" ;;
     *) echo "unknown variant $1 (see recipes/wmt14_en_de.sh)" >&2; exit 2 ;;
   esac
 }
@@ -41,9 +61,18 @@ case "${1:-}" in
     fairseq-preprocess --source-lang en --target-lang de --joined-dictionary \
       --trainpref wmt14_en_de/train --validpref wmt14_en_de/valid --testpref wmt14_en_de/test \
       --destdir "$DATA" --workers 16
+    fairseq-efficiency-featurize "$DATA"   # AutoAssist's TF-IDF features, cached next to the data
+    ;;
+  flags)  # dry run: the fairseq-train arguments of RUN, one per line
+    run=${2:?usage: $0 flags RUN [flags]}; shift 2
+    variant "$run" >/dev/null
+    # shellcheck disable=SC2046
+    printf '%s\n' "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" $(variant "$run") \
+      --distributed-world-size "$NGPU" --save-dir "$WORK/checkpoints/$run" "$@"
     ;;
   train)
     run=${2:?usage: $0 train RUN [flags]}; shift 2
+    variant "$run" >/dev/null
     # shellcheck disable=SC2046
     fairseq-train "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" $(variant "$run") \
       --distributed-world-size "$NGPU" --save-dir "$WORK/checkpoints/$run" \
@@ -55,5 +84,5 @@ case "${1:-}" in
       --beam 5 --lenpen 0.6 --batch-size 128 --required-batch-size-multiple 1 --remove-bpe \
       --scoring sacrebleu | tee "$WORK/$run.gen" | tail -1
     ;;
-  *) sed -n 2,14p "$0"; exit 2 ;;
+  *) sed -n 2,16p "$0"; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ Plain PyTorch core (usable without fairseq):
   head (eq. 1-6); ``input_feeding=True`` gives HybridNMT-IF.
 * :mod:`.pipeline` - :class:`WavefrontPipeline` (one process per device over
   ``torch.distributed``) and :class:`DevicePipeline` (one process, several devices).
-* :mod:`.dist_test` - helpers to run a function on N local gloo ranks.
+* :mod:`.spawn` - helpers to run a function on N local gloo ranks.
 
 fairseq edge: model ``hybrid_lstm`` (:mod:`fairseq_efficiency.models.hybrid_lstm`),
 criterion ``hybrid_cross_entropy`` and the batch-sharding hook (:mod:`.fairseq_glue`).
