@@ -11,7 +11,9 @@ starts ``nproc`` processes, each running the command with::
     --distributed-init-method tcp://127.0.0.1:PORT --distributed-no-spawn
     --ddp-backend legacy_ddp
 
-(flags the command already sets are kept), ``OMP_NUM_THREADS`` set per rank.
+(flags the command already sets are kept; for ``fairseq-hydra-train`` the same
+settings as ``distributed_training.*``/``common.cpu`` overrides), ``OMP_NUM_THREADS``
+set per rank.
 Rank 0's output goes to the terminal, the others' to ``--log-dir`` (or are
 discarded). If one rank fails, the others are stopped and its exit code is
 returned, so a crashed rank never leaves the rest hanging.
@@ -42,23 +44,37 @@ def _has(argv, flag):
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def rank_argv(argv, rank, nproc, port):
-    """The command line of one rank: ``argv`` plus the distributed flags it lacks."""
-    extra = []
-    defaults = [
-        ("--cpu", None),
-        ("--distributed-world-size", str(nproc)),
-        ("--distributed-backend", "gloo"),
-        ("--distributed-init-method", f"tcp://127.0.0.1:{port}"),
-        ("--distributed-no-spawn", None),
-        ("--ddp-backend", "legacy_ddp"),
+def _distributed_settings(nproc, port):
+    """(fairseq flag, hydra key, value) of every setting a CPU rank needs; value None: a switch."""
+    dt = "distributed_training."
+    return [
+        ("--cpu", "common.cpu", None),
+        ("--distributed-world-size", dt + "distributed_world_size", str(nproc)),
+        ("--distributed-backend", dt + "distributed_backend", "gloo"),
+        ("--distributed-init-method", dt + "distributed_init_method", f"tcp://127.0.0.1:{port}"),
+        ("--distributed-no-spawn", dt + "distributed_no_spawn", None),
+        ("--ddp-backend", dt + "ddp_backend", "legacy_ddp"),
     ]
-    for flag, value in defaults:
-        if not _has(argv, flag):
-            extra += [flag] if value is None else [flag, value]
-    if _has(argv, "--distributed-rank"):
+
+
+def _has_override(argv, key):
+    return any(a.lstrip("+").startswith(key + "=") for a in argv)
+
+
+def rank_argv(argv, rank, nproc, port, hydra=False):
+    """The command line of one rank: ``argv`` plus the distributed settings it lacks, as
+    flags (``fairseq-train``) or as ``key=value`` overrides (``fairseq-hydra-train``)."""
+    rank_flag, rank_key = "--distributed-rank", "distributed_training.distributed_rank"
+    if _has(argv, rank_flag) or _has_override(argv, rank_key):
         raise ValueError("do not pass --distributed-rank: the launcher sets it per rank")
-    return list(argv) + extra + ["--distributed-rank", str(rank)]
+    extra = []
+    for flag, key, value in _distributed_settings(nproc, port):
+        if hydra:
+            if not _has_override(argv, key):
+                extra.append(f"{key}={'true' if value is None else value}")
+        elif not _has(argv, flag):
+            extra += [flag] if value is None else [flag, value]
+    return list(argv) + extra + ([f"{rank_key}={rank}"] if hydra else [rank_flag, str(rank)])
 
 
 def _command(argv):
@@ -84,6 +100,7 @@ def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None,
     if threads_per_rank < 1:
         raise ValueError(f"--threads-per-rank must be >= 1, got {threads_per_rank}")
     prefix, args = _command(argv)
+    hydra = os.path.basename(argv[0]) == "fairseq-hydra-train"
     port = port or free_port()
     base_env = dict(env if env is not None else os.environ)
     base_env["OMP_NUM_THREADS"] = str(threads_per_rank)
@@ -97,7 +114,7 @@ def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None,
                 out = open(os.path.join(log_dir, f"rank{rank}.log"), "w") if log_dir else subprocess.DEVNULL
                 if log_dir:
                     logs.append(out)
-            cmd = prefix + rank_argv(args, rank, nproc, port)
+            cmd = prefix + rank_argv(args, rank, nproc, port, hydra=hydra)
             procs.append(subprocess.Popen(cmd, env=base_env, stdout=out,
                                           stderr=subprocess.STDOUT if out else None))
         deadline = time.time() + timeout if timeout else None

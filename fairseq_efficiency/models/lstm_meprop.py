@@ -213,14 +213,26 @@ class MePropLSTMDecoder(LSTMDecoder):
 class MePropModelMixin:
     """Alternation (section 3.3.3), meSimp groups and shape-adopting checkpoint loading."""
 
+    _epoch_signal = False  # True once a task calls set_epoch (translation_efficiency does)
+
     def set_epoch(self, epoch):
-        """Odd epochs: top-k in the encoder only; even epochs: decoder only."""
         super().set_epoch(epoch)
+        self._epoch_signal = True
+        self.apply_alternation(epoch)
+
+    def apply_alternation(self, epoch):
+        """Odd epochs: top-k in the encoder only; even epochs: decoder only."""
         if self.meprop_cfg.meprop_alternate:
             _set_topk(self.encoder, epoch % 2 == 1)
             _set_topk(self.decoder, epoch % 2 == 0)
             logger.info("meProp epoch %d: top-k in the %s", epoch,
                         "encoder" if epoch % 2 == 1 else "decoder")
+
+    def forward(self, *args, **kwargs):
+        if self.training and self.meprop_cfg.meprop_alternate and not self._epoch_signal:
+            raise ValueError("--meprop-alternate needs --task translation_efficiency for training "
+                             "(it provides the epoch signal); generation works with any task")
+        return super().forward(*args, **kwargs)
 
     def mesimp_groups(self):
         raise NotImplementedError
@@ -246,9 +258,6 @@ class LSTMMePropModel(MePropModelMixin, FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, cfg, task):
         k = check_meprop_cfg(cfg)
-        if cfg.meprop_alternate and not hasattr(task, "hooks"):
-            raise ValueError("--meprop-alternate needs --task translation_efficiency "
-                             "(it provides the epoch signal)")
         if cfg.encoder_layers != cfg.decoder_layers:
             raise ValueError("--encoder-layers must match --decoder-layers")
 
@@ -291,7 +300,7 @@ class LSTMMePropModel(MePropModelMixin, FairseqEncoderDecoderModel):
             decoder.embed_tokens.weight.requires_grad = False
         model = cls(cfg, encoder, decoder)
         if cfg.meprop_alternate:
-            model.set_epoch(1)
+            model.apply_alternation(1)
         return model
 
     def mesimp_groups(self):

@@ -82,13 +82,10 @@ class TransformerMePropModel(MePropModelMixin, TransformerModelBase):
     @classmethod
     def build_model(cls, cfg, task):
         check_meprop_cfg(cfg)
-        if cfg.meprop_alternate and not hasattr(task, "hooks"):
-            raise ValueError("--meprop-alternate needs --task translation_efficiency "
-                             "(it provides the epoch signal)")
         base = TransformerModelBase.build_model.__func__(_Builder, _to_transformer_config(cfg), task)
         model = cls(base.cfg, base.encoder, base.decoder, meprop_cfg=cfg)
         if cfg.meprop_alternate:
-            model.set_epoch(1)
+            model.apply_alternation(1)
         return model
 
     def mesimp_groups(self):

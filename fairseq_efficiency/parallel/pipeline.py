@@ -91,6 +91,18 @@ class _PipelineFunction(torch.autograd.Function):
         return None, None, None, None
 
 
+def check_pipeline(encoder, decoder, balance, chunks):
+    """Validate a wavefront placement; return the parsed per-stage layer counts."""
+    if decoder.input_feeding:
+        raise ValueError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined: "
+                         "each decoder step needs the previous step's attention output")
+    if len(encoder.layers) != len(decoder.layers):
+        raise ValueError("hybrid_lstm needs as many decoder as encoder layers")
+    if chunks < 1:
+        raise ValueError(f"--pipeline-chunks must be >= 1, got {chunks}")
+    return parse_balance(balance, len(encoder.layers), "pipeline balance")
+
+
 class WavefrontPipeline:
     """Multi-process HybridNMT execution (see module docstring).
 
@@ -102,15 +114,8 @@ class WavefrontPipeline:
 
     def __init__(self, encoder: HybridEncoder, decoder: HybridDecoder, balance: Sequence[int],
                  chunks: int = 1, rank: Optional[int] = None, world_size: Optional[int] = None):
-        if decoder.input_feeding:
-            raise ValueError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined: "
-                             "each decoder step needs the previous step's attention output")
-        if len(encoder.layers) != len(decoder.layers):
-            raise ValueError("hybrid_lstm needs as many decoder as encoder layers")
-        if chunks < 1:
-            raise ValueError(f"--pipeline-chunks must be >= 1, got {chunks}")
         self.encoder, self.decoder = encoder, decoder
-        self.balance = parse_balance(balance, len(encoder.layers), "pipeline balance")
+        self.balance = check_pipeline(encoder, decoder, balance, chunks)
         self.chunks = chunks
         self.rank = dist.get_rank() if rank is None else rank
         self.world_size = dist.get_world_size() if world_size is None else world_size
@@ -316,15 +321,8 @@ class DevicePipeline:
 
     def __init__(self, encoder: HybridEncoder, decoder: HybridDecoder, balance: Sequence[int],
                  devices: Sequence, chunks: int = 1, output_device=None):
-        if decoder.input_feeding:
-            raise ValueError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined: "
-                             "each decoder step needs the previous step's attention output")
-        if len(encoder.layers) != len(decoder.layers):
-            raise ValueError("hybrid_lstm needs as many decoder as encoder layers")
-        if chunks < 1:
-            raise ValueError(f"--pipeline-chunks must be >= 1, got {chunks}")
         self.encoder, self.decoder = encoder, decoder
-        self.balance = parse_balance(balance, len(encoder.layers), "pipeline balance")
+        self.balance = check_pipeline(encoder, decoder, balance, chunks)
         if len(devices) != len(self.balance):
             raise ValueError(f"{len(devices)} pipeline devices for {len(self.balance)} stages")
         self.devices = [torch.device(d) for d in devices]

@@ -45,3 +45,33 @@ def test_failing_rank_stops_the_others(tmp_path):
     rc = launch([sys.executable, "-c", "import sys; sys.exit(3)"], nproc=2, env=cli_env(),
                 timeout=60, log_dir=str(tmp_path))
     assert rc == 3
+
+
+def test_rank_argv_for_hydra_uses_overrides():
+    argv = rank_argv(["--config-name", "x", "distributed_training.ddp_backend=no_c10d"],
+                     rank=1, nproc=2, port=1234, hydra=True)
+    assert not any(a.startswith("--distributed") for a in argv)
+    assert "distributed_training.ddp_backend=legacy_ddp" not in argv
+    assert "common.cpu=true" in argv and "distributed_training.distributed_world_size=2" in argv
+    assert "distributed_training.distributed_init_method=tcp://127.0.0.1:1234" in argv
+    assert argv[-1] == "distributed_training.distributed_rank=1"
+    with pytest.raises(ValueError, match="--distributed-rank"):
+        rank_argv(["distributed_training.distributed_rank=0"], 0, 2, 1, hydra=True)
+
+
+def test_two_ranks_hydra_train(tiny_data_bin, tmp_path):
+    from tests.cli.test_end_to_end import REPO
+    from fairseq_efficiency.cli.userdir import userdir
+
+    save, out = tmp_path / "ck", tmp_path / "rank0.log"
+    with open(out, "w") as f:
+        rc = launch(["fairseq-hydra-train", "--config-dir", os.path.join(REPO, "examples", "hydra"),
+                     "--config-name", "tiny_transformer", f"common.user_dir={userdir()}",
+                     f"task.data={tiny_data_bin}", f"checkpoint.save_dir={save}",
+                     "optimization.max_update=2", "dataset.max_tokens=1000",
+                     "model.encoder.layers=1", "model.decoder.layers=1",
+                     f"hydra.run.dir={tmp_path / 'hydra_run'}"],
+                    nproc=2, log_dir=str(tmp_path / "ranks"), env=cli_env(), stdout=f, timeout=300)
+    log = out.read_text()
+    assert rc == 0, log[-3000:]
+    assert "distributed init (rank 0)" in log and (save / "checkpoint_last.pt").exists()

@@ -41,7 +41,7 @@ def test_lstm_meprop_mesimp_train_resume_generate(tiny_data_bin, tmp_path):
 
     gen = run_cli("fairseq_cli.generate", [
         tiny_data_bin, "--user-dir", _args(tiny_data_bin, save)[2], "--path",
-        os.path.join(save, "checkpoint_last.pt"), "--task", "translation_efficiency", "--cpu",
+        os.path.join(save, "checkpoint_last.pt"), "--cpu",  # fairseq's default task: translation
         "--beam", "2", "--max-tokens", "2000", "--gen-subset", "valid"])
     assert "Generate valid with beam=2: BLEU4" in gen.stdout + gen.stderr
 

@@ -163,10 +163,19 @@ def test_without_alternation_both_sides_are_sparse():
     assert _sides_with_sparse_grads(model, d) == (True, True)
 
 
-def test_alternation_requires_the_efficiency_task():
+def test_alternation_needs_the_epoch_signal_only_for_training():
     from fairseq_efficiency.models.lstm_meprop import LSTMMePropModel
     model, d = _tiny_lstm_model(alternate=False)
     cfg = argparse.Namespace(**vars(model.cfg))
     cfg.meprop_alternate = True
+    # any task builds it (fairseq-generate defaults to --task translation) ...
+    model = LSTMMePropModel.build_model(cfg, argparse.Namespace(source_dictionary=d,
+                                                                target_dictionary=d))
+    src, lengths, prev = torch.randint(4, len(d), (2, 5)), torch.full((2,), 5), torch.randint(4, len(d), (2, 3))
+    model.eval()
+    model(src, lengths, prev)  # ... and evaluates it
+    model.train()
     with pytest.raises(ValueError, match="translation_efficiency"):
-        LSTMMePropModel.build_model(cfg, argparse.Namespace(source_dictionary=d, target_dictionary=d))
+        model(src, lengths, prev)  # training without per-epoch signal would never alternate
+    model.set_epoch(1)
+    model(src, lengths, prev)
