@@ -140,7 +140,8 @@ def main(argv=None):
     p.add_argument("--max-tokens", type=int, default=2000)
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="methods to (re)train; others are reported from OUT/results.json")
     p.add_argument("--featurize-only", action="store_true")
     p.add_argument("--compare-hashing", action="store_true")
     p.add_argument("--report-only", action="store_true", help="re-print OUT/results.json")
@@ -153,7 +154,8 @@ def main(argv=None):
     data = prepare(os.path.join(args.out, "corpus"), cfg)
     tokens = corpus_tokens(data)
     results = os.path.join(args.out, "results.json")
-    rows = json.load(open(results)) if args.report_only else {}
+    # methods not run this time keep their rows from an earlier run with the same --out
+    rows = json.load(open(results)) if os.path.exists(results) else {}
     for method in ([] if args.report_only else args.methods.split(",")):
         save = os.path.join(args.out, method)
         shutil.rmtree(save, ignore_errors=True)  # always train from scratch

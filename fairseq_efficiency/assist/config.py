@@ -26,12 +26,17 @@ class AutoAssistConfig:
         default=0.95, metadata={"help": "EMA decay of the confidence rho_k over the Assistant's "
                                 "accuracy (rho_0 = 0)"})
     assist_min_keep: float = field(
-        default=0.0, metadata={"help": "floor on a candidate's keep probability 1 - rho + rho*g"})
+        default=0.5, metadata={"help": "floor on a candidate's keep probability 1 - rho + rho*g "
+                               "(the authors' code keeps every instance with probability >= 0.5 "
+                               "after the first pass; 0 = Algorithm 1 as written)"})
+    assist_warmup_epochs: int = field(
+        default=1, metadata={"help": "epochs in which nothing is shrunk while the Assistant already "
+                             "learns (the authors' code: the first pass)"})
     assist_queue_size: int = field(
         default=16, metadata={"help": "capacity (batches) of the Boss queue; the Assistant queue "
                               "holds 4x as many loss batches (section 4.2)"})
     assist_pool_batches: int = field(
-        default=8, metadata={"help": "kept candidates are pooled, length-sorted and cut into "
+        default=32, metadata={"help": "kept candidates are pooled, length-sorted and cut into "
                              "full batches this many batches at a time"})
     assist_rebuild_features: bool = field(
         default=False, metadata={"help": "rebuild the cached TF-IDF features even if valid"})
@@ -61,6 +66,7 @@ def validate(cfg):
         ("assist_min_keep", lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("assist_queue_size", lambda v: v >= 2, ">= 2"),
         ("assist_pool_batches", lambda v: v >= 2, ">= 2"),
+        ("assist_warmup_epochs", lambda v: v >= 0, ">= 0"),
         ("spl_start_quantile", lambda v: 0 < v <= 1, "in (0, 1]"),
         ("spl_growth", lambda v: v >= 1, ">= 1"),
         ("ds_sample_rate", lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -76,8 +76,6 @@ class InstanceSelectionHook(EfficiencyHook):
         return "train"
 
     def _build(self, task, dataset, kw):
-        from fairseq.data import data_utils
-
         cfg = self.cfg
         self.rank, self.world = int(kw.get("shard_id", 0)), int(kw.get("num_shards", 1))
         seed = int(kw.get("seed", 1))
@@ -92,7 +90,7 @@ class InstanceSelectionHook(EfficiencyHook):
                              f"{self.world} is empty ({len(valid)} usable training pairs)")
         in_shard = np.zeros(n, dtype=bool)
         in_shard[part] = True
-        self.shard = valid[in_shard[valid]]  # fairseq's length order, for N_uniform
+        self.shard = valid[in_shard[valid]]  # in fairseq's length order
         src = np.asarray(dataset.src_sizes, dtype=np.int64)
         tgt = (np.asarray(dataset.tgt_sizes, dtype=np.int64) if dataset.tgt_sizes is not None
                else np.zeros(n, dtype=np.int64))
@@ -100,10 +98,6 @@ class InstanceSelectionHook(EfficiencyHook):
         self.num_tokens = np.asarray(dataset.num_tokens_vec(np.arange(n)), dtype=np.int64)
         max_tokens, max_sentences = kw.get("max_tokens"), kw.get("max_sentences")
         mult = kw.get("required_batch_size_multiple", 1)
-        self.n_uniform = len(data_utils.batch_by_size(
-            self.shard, num_tokens_fn=lambda i: int(self.num_tokens[i]),
-            num_tokens_vec=self.num_tokens[self.shard], max_tokens=max_tokens,
-            max_sentences=max_sentences, required_batch_size_multiple=mult))
         rng = np.random.default_rng([seed, self.rank, 7919])
         if self.selection == "autoassist":
             from fairseq_efficiency.assist.features import load_or_build
@@ -120,13 +114,16 @@ class InstanceSelectionHook(EfficiencyHook):
                                   threshold_decay=cfg.assist_threshold_decay,
                                   confidence_decay=cfg.assist_confidence_decay,
                                   min_keep=cfg.assist_min_keep, seed=seed + self.rank)
-            selector = AutoAssistSelector(x, assistant)
+            selector = AutoAssistSelector(x, assistant, cfg.assist_warmup_epochs)
         elif self.selection == "self-paced":
             selector = SelfPacedSelector(n, self.shard, cfg.spl_start_quantile, cfg.spl_growth)
         else:
             selector = DynamicSamplingSelector(n, self.shard, cfg.ds_sample_rate, cfg.ds_review_share)
         batcher = RefillBatcher(src, tgt, self.num_tokens, max_tokens, max_sentences, mult,
                                 pool_batches=cfg.assist_pool_batches)
+        # batches of one full pass of candidates through the refilling pool (epoch unit)
+        self.n_pass = batcher.batches_per_pass(
+            np.random.default_rng([seed, self.rank, 104729]).permutation(self.shard))
 
         def collate(b):
             return dataset.collater([dataset[int(i)] for i in b])
@@ -135,8 +132,8 @@ class InstanceSelectionHook(EfficiencyHook):
                                    self.ntokens, rng, queue_size=cfg.assist_queue_size,
                                    name=self.selection)
         self.first_batch = collate(self.shard[:1])
-        logger.info("%s: worker %d/%d shard of %d pairs, %d uniform batches per pass",
-                    self.selection, self.rank, self.world, len(self.shard), self.n_uniform)
+        logger.info("%s: worker %d/%d shard of %d pairs, %d batches per pass",
+                    self.selection, self.rank, self.world, len(self.shard), self.n_pass)
 
     def train_batch_iterator(self, task, dataset, **kwargs):
         if self.worker is None:
@@ -158,7 +155,7 @@ class InstanceSelectionHook(EfficiencyHook):
             p = np.clip(w.selector.keep_prob(self.shard), 0.0, 1.0)
         t = self.num_tokens[self.shard].astype(np.float64)
         frac = float((p * t).sum() / max(t.sum(), 1.0))
-        local = max(1, int(math.ceil(self.n_uniform * frac)))
+        local = max(1, int(math.ceil(self.n_pass * frac)))
         n = max(_all_gather(local, self.world))
         logger.info("%s: epoch %d = %d batches (expected keep rate %.3f, worker %d wants %d)",
                     self.selection, epoch, n, frac, self.rank, local)

@@ -9,7 +9,8 @@ the same candidate stream, the same refilled batching and the same budgets:
 
 Policies:
 
-* :class:`AutoAssistSelector` -- the learned Assistant (AutoAssist, Algorithm 1).
+* :class:`AutoAssistSelector` -- the learned Assistant (AutoAssist, Algorithm 1), after
+  ``warmup_epochs`` epochs in which nothing is shrunk.
 * :class:`SelfPacedSelector` -- self-paced learning (Kumar et al., 2010; AutoAssist's
   reference [22]): an instance is kept when its last Boss loss is at most the
   pace threshold lambda_e; lambda_e is the ``q_e`` quantile of the known losses with
@@ -53,11 +54,20 @@ class Selector:
 class AutoAssistSelector(Selector):
     name = "autoassist"
 
-    def __init__(self, features, assistant: Assistant):
+    def __init__(self, features, assistant: Assistant, warmup_epochs: int = 0):
         self.features = features
         self.assistant = assistant
+        self.warmup_epochs = int(warmup_epochs)
+        self.epoch = 0
+
+    def start_epoch(self, epoch):
+        self.epoch = int(epoch)
 
     def keep_prob(self, idx):
+        """Algorithm 1; during the warm-up epochs every candidate is kept (the Assistant
+        still learns from every Boss batch)."""
+        if self.warmup_epochs and self.epoch <= self.warmup_epochs:
+            return np.ones(len(idx))
         return self.assistant.keep_prob(self.features[idx])
 
     def observe(self, ids, losses):
@@ -68,10 +78,11 @@ class AutoAssistSelector(Selector):
         return {"rho": a.rho, "T": a.threshold, "assistant_acc": a.last_accuracy}
 
     def state_dict(self):
-        return {"assistant": self.assistant.state_dict()}
+        return {"assistant": self.assistant.state_dict(), "epoch": self.epoch}
 
     def load_state_dict(self, st):
         self.assistant.load_state_dict(st["assistant"])
+        self.epoch = int(st.get("epoch", self.epoch))
 
 
 class _LossMemory(Selector):

@@ -95,6 +95,29 @@ class RefillBatcher:
     def add(self, idx):
         self.pool = np.concatenate([self.pool, idx])
 
+    def batches_per_pass(self, order, chunk=256):
+        """Batches one pass over ``order`` (everything kept) fills when fed ``chunk``
+        candidates at a time, as the worker does. A pool sorts only a few batches' worth
+        of random candidates, so its batches hold fewer sentences than fairseq's (sorted
+        over the whole dataset): this, not fairseq's batch count, is one pass."""
+        from fairseq.data import data_utils
+
+        saved, self.pool = self.pool, np.zeros(0, dtype=np.int64)
+        rng = np.random.default_rng(0)
+        try:
+            n = 0
+            for s in range(0, len(order), chunk):
+                self.add(np.asarray(order[s:s + chunk], dtype=np.int64))
+                n += len(self.pop_batches(rng))
+            if len(self.pool):
+                n += len(data_utils.batch_by_size(
+                    self.pool, num_tokens_fn=lambda i: int(self.num_tokens[i]),
+                    num_tokens_vec=self.num_tokens[self.pool], max_tokens=self.max_tokens,
+                    max_sentences=self.max_sentences, required_batch_size_multiple=self.mult))
+            return n
+        finally:
+            self.pool = saved
+
     def pop_batches(self, rng):
         """Full batches from the pool, or ``[]`` while it is still filling."""
         from fairseq.data import data_utils

@@ -96,6 +96,22 @@ def test_autoassist_selector_uses_feature_rows():
     assert set(sel.stats()) == {"rho", "T", "assistant_acc"}
 
 
+def test_autoassist_warmup_keeps_everything_while_the_assistant_learns():
+    x, loss, hard = toy(800)
+    sel = AutoAssistSelector(x, Assistant(x.shape[1], lr=0.2), warmup_epochs=1)
+    ids = np.arange(800)
+    sel.start_epoch(1)
+    for s in range(0, 800, 40):
+        sel.observe(ids[s:s + 40], loss[s:s + 40])
+    assert sel.assistant.rho > 0.5 and (sel.keep_prob(ids) == 1).all()
+    sel.start_epoch(2)
+    p = sel.keep_prob(ids)
+    assert p[hard].mean() > p[~hard].mean() + 0.3
+    resumed = AutoAssistSelector(x, Assistant(x.shape[1], lr=0.2), warmup_epochs=1)
+    resumed.load_state_dict(sel.state_dict())  # resumed mid-epoch 2: no warm-up again
+    assert np.allclose(resumed.keep_prob(ids), p)
+
+
 def test_self_paced_pace_grows():
     n = 100
     sel = SelfPacedSelector(n, np.arange(n), start_quantile=0.5, growth=1.5)
