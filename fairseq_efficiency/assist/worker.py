@@ -110,9 +110,10 @@ class RefillBatcher:
                 self.add(np.asarray(order[s:s + chunk], dtype=np.int64))
                 n += len(self.pop_batches(rng))
             if len(self.pool):
+                rest = self.pool[np.lexsort((self.src[self.pool], self.tgt[self.pool]))]
                 n += len(data_utils.batch_by_size(
-                    self.pool, num_tokens_fn=lambda i: int(self.num_tokens[i]),
-                    num_tokens_vec=self.num_tokens[self.pool], max_tokens=self.max_tokens,
+                    rest, num_tokens_fn=lambda i: int(self.num_tokens[i]),
+                    num_tokens_vec=self.num_tokens[rest], max_tokens=self.max_tokens,
                     max_sentences=self.max_sentences, required_batch_size_multiple=self.mult))
             return n
         finally:

@@ -191,3 +191,32 @@ def test_featurize_cli(tiny_data_bin, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         F.main([str(tmp_path / "missing")])
     assert e.value.code == 2
+
+
+def test_batches_per_pass_counts_one_pass_through_the_pool():
+    from fairseq.data import data_utils
+
+    rng = np.random.default_rng(5)
+    src, tgt = rng.integers(3, 30, 3000), rng.integers(3, 30, 3000)
+    num_tokens = np.maximum(src, tgt).astype(np.int64)
+    order = rng.permutation(3000)
+
+    def fairseq_batches():
+        idx = np.lexsort((src, tgt))
+        return len(data_utils.batch_by_size(idx, num_tokens_fn=lambda i: int(num_tokens[i]),
+                                            num_tokens_vec=num_tokens[idx], max_tokens=200))
+
+    small = RefillBatcher(src, tgt, num_tokens, 200, None, pool_batches=2)
+    small.add(np.array([7, 8]))
+    n_small = small.batches_per_pass(order, chunk=64)
+    assert list(small.pool) == [7, 8]  # the live pool is left as it was
+    # feeding the pass by hand gives the same count
+    manual = RefillBatcher(src, tgt, num_tokens, 200, None, pool_batches=2)
+    fed = 0
+    for s in range(0, 3000, 64):
+        manual.add(order[s:s + 64])
+        fed += len(manual.pop_batches(np.random.default_rng(0)))
+    assert fed < n_small <= fed + 2
+    # a pool as large as the data sorts it all at once, as fairseq does; a small one wastes more
+    big = RefillBatcher(src, tgt, num_tokens, 200, None, pool_batches=10 ** 6)
+    assert big.batches_per_pass(order) == fairseq_batches() < n_small
