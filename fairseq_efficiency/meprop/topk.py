@@ -153,9 +153,18 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
     return True
 
 
+_SCORE_ROWS = 128
+
+
 def unified_topk_indices(grad: torch.Tensor, k: int) -> torch.Tensor:
     """Indices S of the k largest mean |dL/dy| over the batch (section 3.3.1)."""
-    return grad.abs().sum(0).topk(k, sorted=False).indices
+    # |G| summed over the batch in row blocks: no N x n temporary (fresh memory costs page
+    # faults that can exceed the rest of the sparse backward; benchmarks/meprop.py linear)
+    score = None
+    for block in grad.split(_SCORE_ROWS):
+        s = block.abs().sum(0)
+        score = s if score is None else score.add_(s)
+    return score.topk(k, sorted=False).indices
 
 
 class TopKLinearFunction(torch.autograd.Function):
