@@ -9,6 +9,7 @@ validation loss, the best valid loss, test BLEU of ``checkpoint_best.pt``
 loop waited for the asynchronous worker (Assistant overhead).
 
     python benchmarks/autoassist.py --out /tmp/aa-bench            # full comparison
+    python benchmarks/autoassist.py --preset demo --epochs 10 --out /tmp/aa-demo  # demo model
     python benchmarks/autoassist.py --featurize-only --pairs 1000000  # feature build cost
 
 Goal (issue): >= 1.4x fewer Boss tokens to reach the baseline's best valid
@@ -29,6 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from fairseq_efficiency.cli.demo import BASELINE_MODEL, DEMO_CORPUS  # noqa: E402
 from fairseq_efficiency.cli.userdir import userdir  # noqa: E402
 from fairseq_efficiency.data.prepare import prepare  # noqa: E402
 from fairseq_efficiency.data.synthetic import CorpusConfig  # noqa: E402
@@ -39,9 +41,9 @@ MODEL = ["--arch", "lstm", "--encoder-embed-dim", "64", "--encoder-hidden-size",
          "--encoder-layers", "1", "--decoder-layers", "1", "--dropout", "0.1"]
 
 
-def env():
+def env(threads=1):
     e = dict(os.environ)
-    e["OMP_NUM_THREADS"] = "1"
+    e["OMP_NUM_THREADS"] = str(threads)
     e["PYTHONWARNINGS"] = "ignore"
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     return e
@@ -53,9 +55,10 @@ def train(data, save, method, args):
            "--instance-selection", method, "--cpu", "--seed", str(args.seed), "--num-workers", "0",
            "--optimizer", "adam", "--lr", str(args.lr), "--max-tokens", str(args.max_tokens),
            "--max-epoch", str(args.epochs), "--save-dir", save, "--no-epoch-checkpoints",
-           "--log-format", "json", "--log-interval", "1000", "--no-progress-bar", *MODEL]
+           "--log-format", "json", "--log-interval", "1000", "--no-progress-bar",
+           *(BASELINE_MODEL + ["--clip-norm", "1.0"] if args.preset == "demo" else MODEL)]
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env())
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env(args.threads))
     if res.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{res.stderr[-3000:]}")
     wall = time.time() - t0
@@ -142,6 +145,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--methods", default=",".join(METHODS),
                    help="methods to (re)train; others are reported from OUT/results.json")
+    p.add_argument("--preset", choices=["small", "demo"], default="small",
+                   help="small: --pairs pairs, LSTM 64/64, 1 thread; demo: make demo's corpus "
+                        "and model, --max-tokens 4000, 2 threads")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--featurize-only", action="store_true")
     p.add_argument("--compare-hashing", action="store_true")
     p.add_argument("--report-only", action="store_true", help="re-print OUT/results.json")
@@ -149,8 +156,12 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     if args.featurize_only:
         return featurize_only(args)
-    cfg = CorpusConfig(seed=args.seed, train_size=args.pairs, valid_size=500, test_size=500,
-                       nouns=600, verbs=300, adjectives=300, adverbs=100, max_len=30)
+    if args.preset == "demo":  # make demo's corpus and LSTM (256 hidden), trained longer
+        cfg = DEMO_CORPUS
+        args.max_tokens, args.threads = 4000, 2
+    else:
+        cfg = CorpusConfig(seed=args.seed, train_size=args.pairs, valid_size=500, test_size=500,
+                           nouns=600, verbs=300, adjectives=300, adverbs=100, max_len=30)
     data = prepare(os.path.join(args.out, "corpus"), cfg)
     tokens = corpus_tokens(data)
     results = os.path.join(args.out, "results.json")
@@ -174,7 +185,8 @@ def main(argv=None):
             return tokens * ep  # every epoch is exactly one pass over the data
         return float(rows[method]["train"][ep]["boss_tok"])
 
-    print(f"corpus: {args.pairs} pairs, {tokens} src+tgt tokens; LSTM 64/64; "
+    print(f"corpus: {cfg.train_size} pairs, {tokens} src+tgt tokens; "
+          f"{'LSTM 128/256 (make demo)' if args.preset == 'demo' else 'LSTM 64/64'}; "
           f"max-tokens {args.max_tokens}; {args.epochs} epochs; target valid loss {target:.3f}")
     print("| method | Boss tokens to target | vs uniform | wall s to target | best valid loss "
           "| BLEU | s/update | worker wait % | final keep rate |")

@@ -205,6 +205,10 @@ def build(cfg, restoring=False):
     if not hasattr(cfg, "prune_ratio"):
         return None
     if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from:
+        if getattr(cfg, "mesimp_interval", 0) > 0:
+            raise ValueError("pruning masks need fixed matrix shapes, which meSimp changes: "
+                             "simplify first, then prune the meSimp checkpoint "
+                             "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
         return PruningHook(cfg)
     check_ratio(cfg.prune_ratio, "--prune-ratio")  # e.g. a negative ratio
     return None
