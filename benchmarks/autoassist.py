@@ -210,6 +210,21 @@ def main(argv=None):
               f"{train_wall / updates:.3f} | {100 * wait / train_wall:.1f} | "
               f"{last.get('keep_rate', '-')} |")
 
+    # the whole learning curve: Boss tokens each method needs to reach uniform's epoch-e loss
+    others = [m for m in rows if m != "uniform"]
+    print("\n| uniform epoch | its valid loss | uniform Boss tokens | "
+          + " | ".join(f"{m} (tokens, saving)" for m in others) + " |")
+    print("|---|---|---|" + "---|" * len(others))
+    for e in sorted(base["valid"]):
+        loss = float(base["valid"][e]["loss"])
+        cells = []
+        for m in others:
+            r = rows[m]
+            hit = [x for x in sorted(r["valid"]) if float(r["valid"][x]["loss"]) <= loss + 1e-9]
+            tok = boss_tokens(m, hit[0]) if hit else None
+            cells.append(f"{tok / 1e6:.2f}M, {tokens * e / tok:.2f}x" if tok else "not reached")
+        print(f"| {e} | {loss:.3f} | {tokens * e / 1e6:.2f}M | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,6 +69,12 @@ class MeSimpHook(EfficiencyHook):
         if not groups:
             raise ValueError("--mesimp-interval needs a model with meProp layers "
                              "(--arch lstm_meprop or transformer_meprop)")
+        # Algorithm 2 uses an absolute k: a ratio would shrink with the layer and let every
+        # simplification remove more units (a layer then collapses to a handful); with k fixed,
+        # a layer stops shrinking at k units, where its top-k is the whole layer
+        for module in model.modules():
+            if isinstance(getattr(module, "k", None), float) and hasattr(module, "k_eff"):
+                module.k = int(module.k_eff)
         self.mesimp = MeSimp(groups, self.interval, self.prune_rate)
         if self._pending_state is not None:
             self.mesimp.load_state_dict(self._pending_state)

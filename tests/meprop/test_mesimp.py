@@ -179,3 +179,20 @@ def test_alternation_needs_the_epoch_signal_only_for_training():
         model(src, lengths, prev)  # training without per-epoch signal would never alternate
     model.set_epoch(1)
     model(src, lengths, prev)
+
+
+def test_mesimp_fixes_a_ratio_k_in_units_so_layers_stop_shrinking_at_k():
+    from fairseq_efficiency.meprop.hook import MeSimpHook
+    from fairseq_efficiency.meprop.lstm import MePropLSTMCell
+    model, d = _tiny_lstm_model(alternate=False, meprop_k=0.25, encoder_hidden_size=16,
+                                decoder_hidden_size=16)
+    hook = MeSimpHook(argparse.Namespace(mesimp_interval=1, mesimp_prune_rate=1.0,
+                                         mesimp_stage_epochs=1, mesimp_normal_epochs=0))
+    hook.on_model_built(model)
+    cells = [m for m in model.modules() if isinstance(m, MePropLSTMCell)]
+    assert cells and all(c.k == 4 for c in cells)  # 0.25 x 16 units, now in units
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(6):  # prune rate 1: every unit not always in the top-k goes
+        _sides_with_sparse_grads(model, d)
+        hook.mesimp.step(opt)
+    assert all(size >= 4 for size in hook.mesimp.sizes().values())
