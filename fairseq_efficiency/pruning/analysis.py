@@ -25,6 +25,14 @@ from fairseq_efficiency.pruning.schemes import SCHEMES, compute_masks
 GATES = ("i", "f", "h_hat", "o")  # torch's row blocks i, f, g, o
 
 
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def class_breakdown(task, model, ratio, schemes=SCHEMES, split="valid", include=(), exclude=(),
                     split_lstm=False):
     """Rows ``{class, weights, base_ppl, <scheme> pruned, <scheme> dppl}`` (Figure 4)."""
@@ -99,12 +107,7 @@ def write_analysis(out_dir, breakdown, maps, gate_rows, ratio, map_ratio):
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    path = os.path.join(out_dir, "fig4_class_breakdown.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(breakdown[0].keys()))
-        w.writeheader()
-        w.writerows(breakdown)
-    written.append(path)
+    written.append(_write_csv(os.path.join(out_dir, "fig4_class_breakdown.csv"), breakdown))
     schemes = [k[:-5] for k in breakdown[0] if k.endswith(" dppl")]
     fig, ax = plt.subplots(figsize=(max(6, len(breakdown) * 0.9), 4))
     width = 0.8 / max(len(schemes), 1)
@@ -145,12 +148,7 @@ def write_analysis(out_dir, breakdown, maps, gate_rows, ratio, map_ratio):
         plt.close(fig)
         written.append(path)
     if gate_rows:
-        path = os.path.join(out_dir, "fig8_gates.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(gate_rows[0].keys()))
-            w.writeheader()
-            w.writerows(gate_rows)
-        written.append(path)
+        written.append(_write_csv(os.path.join(out_dir, "fig8_gates.csv"), gate_rows))
     return written
 
 
