@@ -14,11 +14,10 @@ same cell serves the encoder (:class:`MePropLSTM`, padded sequences with a
 length mask instead of packing) and fairseq's decoder loop (input feeding and
 attention need a step-by-step cell).
 
-Measured (``benchmarks/meprop.py lstm``, hidden 1024, k = 6.25%, 2 shared
-CPU cores): the backward is 1.8x faster than fairseq's ``nn.LSTM`` encoder +
-``nn.LSTMCell`` decoder, but the unrolled forward is ~1.6x slower than the
-fused ``nn.LSTM`` encoder (one ``addmm`` per step instead of one batched
-input projection), so a full training step gains only ~1.1x.
+Measured (``benchmarks/meprop.py lstm``, hidden 1024, k = 6.25%, 2 CPU cores): the
+backward is 2.3x faster than fairseq's ``nn.LSTM`` encoder + ``nn.LSTMCell`` decoder and
+the unrolled forward about as fast (one ``addmm`` per step instead of one batched input
+projection), so a full training step is 1.6x faster.
 
 For meSimp the hidden units are counted *jointly* over the four gates (a unit
 is active in a step if any of its gates is in the top-k), because a unit can
