@@ -30,7 +30,7 @@ from fairseq.models.lstm import Embedding, LSTMDecoder, LSTMEncoder
 from omegaconf import II
 from torch import Tensor
 
-from fairseq_efficiency.meprop import MODES, MePropLSTM, MePropLSTMCell, check_mode, parse_k
+from fairseq_efficiency.meprop import MePropLSTM, MePropLSTMCell, check_mode, parse_k
 from fairseq_efficiency.meprop.mesimp import (
     Slice, group_tensor_names, lstm_cell_group, offset, resize_to_state_dict,
 )
