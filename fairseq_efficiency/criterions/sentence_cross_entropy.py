@@ -56,7 +56,11 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     def forward(self, model, sample, reduce=True):
         if not self.report_sentence_loss:
             return super().forward(model, sample, reduce=reduce)
-        net_output = model(**sample["net_input"])
+        return self.score(model, model(**sample["net_input"]), sample, reduce=reduce)
+
+    def score(self, model, net_output, sample, reduce=True):
+        """Loss, sample size and logging output of ``net_output`` (fairseq's fields, plus the
+        per-sentence losses when ``report_sentence_loss`` is set)."""
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
         loss, nll_loss = label_smoothed_nll_loss(
             lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
@@ -73,10 +77,11 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
-        sent_loss, sent_ntok = sentence_nll(lprobs.detach(), target, self.padding_idx,
-                                            sample["target"].size(0))
-        logging_output[SENTENCE_LOSS] = sent_loss
-        logging_output[SENTENCE_NTOKENS] = sent_ntok
+        if self.report_sentence_loss:
+            sent_loss, sent_ntok = sentence_nll(lprobs.detach(), target, self.padding_idx,
+                                                sample["target"].size(0))
+            logging_output[SENTENCE_LOSS] = sent_loss
+            logging_output[SENTENCE_NTOKENS] = sent_ntok
         return loss, sample_size, logging_output
 
 

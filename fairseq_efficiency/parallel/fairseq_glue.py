@@ -57,31 +57,12 @@ class HybridCrossEntropyCriterion(SentenceCrossEntropyCriterion):
                 raise ValueError("per-sentence losses are not available with hybrid_lstm "
                                  "across ranks (each rank scores a share of the batch)")
             sample = share_of_sample(sample, share[0], share[1], self.padding_idx)
-        loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        loss, sample_size, logging_output = self.score(model, net_output, sample, reduce=reduce)
         if share is not None:
             # this rank's time blocked on the other ranks (the previous update's backward
             # and this forward): pipeline bubbles + transfers, logged as pipe_wait_ms
             logging_output["hybrid_wait_ms"] = 1000.0 * extra.get(HYBRID_WAIT, 0.0)
             logging_output["hybrid_ranks"] = 1
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
-        if self.report_sentence_loss:
-            from fairseq_efficiency.criterions.sentence_cross_entropy import (
-                SENTENCE_LOSS, SENTENCE_NTOKENS, sentence_nll,
-            )
-            lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-            logging_output[SENTENCE_LOSS], logging_output[SENTENCE_NTOKENS] = sentence_nll(
-                lprobs.detach(), target, self.padding_idx, sample["target"].size(0))
         return loss, sample_size, logging_output
 
     @classmethod
