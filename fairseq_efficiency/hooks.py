@@ -34,6 +34,17 @@ from typing import Any, Dict, Optional
 import torch
 
 
+def torch_optimizer(optimizer):
+    """The ``torch.optim.Optimizer`` inside fairseq's optimizer wrappers (``.optimizer``),
+    or None."""
+    opt = optimizer
+    for _ in range(5):
+        if isinstance(opt, torch.optim.Optimizer):
+            return opt
+        opt = getattr(opt, "optimizer", None)
+    return None
+
+
 @dataclass
 class StepOutput:
     """What a hook sees after the forward/backward of one training batch.
@@ -122,11 +133,16 @@ class HookList:
 
     def __init__(self, hooks=()):
         self.hooks = list(hooks)
-        names = [h.name for h in self.hooks]
+        self._validate(self.hooks)
+
+    @staticmethod
+    def _validate(hooks):
+        """Hook names are unique (checkpoint keys); at most one hook owns the train iterator."""
+        names = [h.name for h in hooks]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"two efficiency hooks share the name(s) {sorted(dup)}")
-        owners = [h.name for h in self.hooks
+        owners = [h.name for h in hooks
                   if type(h).train_batch_iterator is not EfficiencyHook.train_batch_iterator]
         if len(owners) > 1:
             raise ValueError(f"only one feature may own the training batch iterator, got {owners}")
@@ -157,8 +173,7 @@ class HookList:
 
     def add(self, hook: EfficiencyHook):
         """Append a hook built after the task (e.g. to carry a restored checkpoint's state)."""
-        if any(h.name == hook.name for h in self.hooks):
-            raise ValueError(f"two efficiency hooks share the name {hook.name!r}")
+        self._validate(self.hooks + [hook])
         self.hooks.append(hook)
 
     def batch_shards(self, num_shards, shard_id):

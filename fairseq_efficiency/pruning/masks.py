@@ -17,6 +17,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from fairseq_efficiency.hooks import torch_optimizer
+
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -159,15 +161,6 @@ class _View:
                 if torch.is_tensor(v) and v.shape == self.param.shape]
 
 
-def _torch_optimizer(optimizer):
-    opt = optimizer
-    for _ in range(5):
-        if isinstance(opt, torch.optim.Optimizer):
-            return opt
-        opt = getattr(opt, "optimizer", None)
-    return None
-
-
 def optimizer_views(optimizer, params: Mapping[str, nn.Parameter]) -> Iterator:
     """Yield ``(name, view, [state tensors])`` for every masked parameter the optimizer holds.
 
@@ -175,7 +168,7 @@ def optimizer_views(optimizer, params: Mapping[str, nn.Parameter]) -> Iterator:
     fairseq's ``FP16Optimizer`` (fp32 master copies, flat per device or one per
     parameter).
     """
-    torch_opt = _torch_optimizer(optimizer)
+    torch_opt = torch_optimizer(optimizer)
     state = torch_opt.state if torch_opt is not None else {}
     by_id = {id(p): n for n, p in params.items()}
     fp16 = getattr(optimizer, "fp16_params", None)
