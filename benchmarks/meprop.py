@@ -21,6 +21,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fairseq_efficiency.cli.demo import DEMO_CORPUS  # noqa: E402
 from fairseq_efficiency.meprop import MeSimp, TopKLinear, linear_group  # noqa: E402
 
 
@@ -171,13 +172,7 @@ def bench_digits(args):
 # -- 3. lstm vs lstm_meprop ---------------------------------------------------------------
 def _demo_data(workdir):
     from fairseq_efficiency.data.prepare import prepare
-    try:
-        from fairseq_efficiency.cli.demo import DEMO_CORPUS
-    except ImportError:  # the demo runner's preset
-        from fairseq_efficiency.data.synthetic import CorpusConfig
-        DEMO_CORPUS = CorpusConfig(seed=1, train_size=12000, valid_size=500, test_size=500,
-                                   nouns=200, verbs=100, adjectives=80, adverbs=30, max_len=40)
-    return prepare(workdir, DEMO_CORPUS)
+    return prepare(workdir, DEMO_CORPUS)  # the demo runner's corpus
 
 
 def _model_args(arch, hidden, k):

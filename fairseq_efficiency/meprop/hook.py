@@ -62,7 +62,6 @@ class MeSimpHook(EfficiencyHook):
         self.simplifying = True
         self.reset_pending = False
         self._pending_state = None
-        self.pruned = 0
 
     def on_model_built(self, model):
         groups = model.mesimp_groups() if hasattr(model, "mesimp_groups") else []
@@ -106,10 +105,7 @@ class MeSimpHook(EfficiencyHook):
             return
         if getattr(optimizer, "fp32_params", None) is not None:
             raise ValueError("meSimp does not support --fp16/--bf16 (flattened fp32 copies)")
-        before = sum(self.mesimp.sizes().values())
-        sizes = self.mesimp.step(optimizer)
-        if sizes is not None:
-            self.pruned += before - sum(sizes.values())
+        self.mesimp.step(optimizer)
 
     def reduce_metrics(self, logging_outputs):
         if self.mesimp is not None:

@@ -28,14 +28,12 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from fairseq_efficiency.meprop.topk import (
-    TopKStats, _RowGradBuffer, accumulate_rows, check_k, check_mode, resolve_k,
-)
+from fairseq_efficiency.meprop.topk import _init_meprop, abs_batch_sum, accumulate_rows, resolve_k
 
 
 def _gate_topk_unified(D: torch.Tensor, k: int, H: int) -> torch.Tensor:
     """Per-gate unified top-k over the batch; returns 4k indices into 4H."""
-    score = D.abs().sum(0).view(4, H)
+    score = abs_batch_sum(D).view(4, H)
     idx = score.topk(k, dim=1, sorted=False).indices
     offs = torch.arange(4, device=D.device).unsqueeze(1) * H
     return (idx + offs).reshape(-1)
@@ -107,14 +105,10 @@ class MePropLSTMCellFunction(torch.autograd.Function):
             D4 = D.view(B, 4, H)
             ind = D4.abs().topk(k, dim=2, sorted=False).indices
             D4 = torch.zeros_like(D4).scatter_(2, ind, D4.gather(2, ind))
-            if ctx.stats.enabled:
+            if ctx.stats.enabled:  # a unit is active if any of its gates is kept
                 active = torch.zeros(B, H, dtype=torch.bool, device=D.device)
                 active.scatter_(1, ind.reshape(B, -1), True)
-                ctx.stats.counts = (ctx.stats.counts if ctx.stats.counts is not None
-                                    and ctx.stats.counts.numel() == H
-                                    else torch.zeros(H, dtype=torch.long, device=D.device))
-                ctx.stats.counts += active.sum(0)
-                ctx.stats.seen += B
+                ctx.stats.record_active(active)
             D = D4.view(B, 4 * H)
             dx, dh_prev = D @ w_ih, D @ w_hh
             grad_w_ih, grad_w_hh = D.t() @ x, D.t() @ h
@@ -133,15 +127,10 @@ class MePropLSTMCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, k: Union[int, float] = 0.05,
                  mode: str = "unified", bias: bool = True):
         super().__init__()
-        check_k(k)
-        check_mode(mode)
+        _init_meprop(self, k, mode, n_caches=3)  # caches: weight_ih, weight_hh, bias
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
-        self.k, self.mode = k, mode
-        self.topk_enabled = True
-        self.stats = TopKStats()
-        self._caches = (_RowGradBuffer(), _RowGradBuffer(), _RowGradBuffer())
         # original ids of the hidden units still present (meSimp removes units)
         self.register_buffer("unit_ids", torch.arange(hidden_size))
         bound = 1.0 / hidden_size ** 0.5
@@ -163,6 +152,18 @@ class MePropLSTMCell(nn.Module):
     def k_eff(self) -> int:
         return resolve_k(self.k, self.hidden_size)
 
+    def expand_state(self, h: torch.Tensor, size: int) -> torch.Tensor:
+        """B x hidden_size state -> the original unit space of ``size`` (removed units 0)."""
+        if self.hidden_size == size:
+            return h
+        return h.new_zeros(h.shape[0], size).index_copy(1, self.unit_ids, h)
+
+    def select_state(self, h: torch.Tensor) -> torch.Tensor:
+        """State in the original unit space -> this cell's remaining units."""
+        if h.shape[1] == self.hidden_size:
+            return h
+        return h.index_select(1, self.unit_ids)
+
     @classmethod
     def from_lstm_cell(cls, cell: nn.LSTMCell, k, mode="unified") -> "MePropLSTMCell":
         new = cls(cell.input_size, cell.hidden_size, k=k, mode=mode, bias=cell.bias)
@@ -180,9 +181,8 @@ class MePropLSTMCell(nn.Module):
             state = (z, z)
         h, c = state
         if self.training and torch.is_grad_enabled() and self.topk_enabled:
-            k = self.k_eff if self.k_eff < H else H
-            return MePropLSTMCellFunction.apply(x, h, c, self.weight_ih, self.weight_hh,
-                                                self.bias, k, self.mode, self.stats, self._caches)
+            return MePropLSTMCellFunction.apply(x, h, c, self.weight_ih, self.weight_hh, self.bias,
+                                                self.k_eff, self.mode, self.stats, self._caches)
         gates = torch.addmm(self.bias, x, self.weight_ih.t()) if self.bias is not None \
             else x @ self.weight_ih.t()
         gates = gates + h @ self.weight_hh.t()
@@ -234,16 +234,6 @@ class MePropLSTM(nn.Module):
                     cell.bias.copy_(getattr(lstm, "bias_ih" + sfx) + getattr(lstm, "bias_hh" + sfx))
         return new
 
-    def _to_orig(self, h, cell):
-        if cell.hidden_size == self.hidden_size:
-            return h
-        return h.new_zeros(h.shape[0], self.hidden_size).index_copy(1, cell.unit_ids, h)
-
-    def _from_orig(self, h, cell):
-        if cell.hidden_size == self.hidden_size:
-            return h
-        return h.index_select(1, cell.unit_ids)
-
     def _run(self, cell, x, mask, h, c, reverse):
         T = x.shape[0]
         outs: List[Optional[torch.Tensor]] = [None] * T
@@ -275,13 +265,13 @@ class MePropLSTM(nn.Module):
                 j = layer * self.dirs + d
                 cell = self.cells[j]
                 if state is not None:
-                    h0, c0 = self._from_orig(state[0][j], cell), self._from_orig(state[1][j], cell)
+                    h0, c0 = cell.select_state(state[0][j]), cell.select_state(state[1][j])
                 else:
                     h0 = c0 = x.new_zeros(B, cell.hidden_size)
                 o, h, c = self._run(cell, inp, mask, h0, c0, reverse=(d == 1))
                 outs.append(o)
-                hs.append(self._to_orig(h, cell))
-                cs.append(self._to_orig(c, cell))
+                hs.append(cell.expand_state(h, self.hidden_size))
+                cs.append(cell.expand_state(c, self.hidden_size))
             inp = outs[0] if self.dirs == 1 else torch.cat(outs, dim=2)
             if layer < self.num_layers - 1:
                 inp = self.dropout(inp)

@@ -14,12 +14,13 @@ Removal is physical: parameters are replaced in place by smaller tensors
 optimizer state tensors of those parameters are sliced the same way.
 """
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from fairseq_efficiency.hooks import torch_optimizer
 from fairseq_efficiency.meprop.topk import TopKStats
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def offset(fn_offset: Callable[[], int]) -> IndexFn:
 @dataclass
 class Slice:
     module: nn.Module
-    name: str  # parameter or buffer name on ``module``
+    name: str  # parameter or buffer name on ``module`` (buffers are replaced via setattr)
     dim: int
     index: IndexFn = units
 
@@ -63,13 +64,11 @@ class PruneGroup:
     stats: TopKStats
     slices: List[Slice]
     size: Callable[[], int]
-    unit_ids: Optional[Slice] = None  # a buffer of original unit ids to keep in sync
     min_size: int = 1
 
     def prune(self, kept: torch.Tensor, optimizer=None):
         H = self.size()
-        sl = list(self.slices) + ([self.unit_ids] if self.unit_ids is not None else [])
-        for s in sl:
+        for s in self.slices:
             t = getattr(s.module, s.name)
             idx = s.index(kept.to(t.device), H, t.shape[s.dim])
             old_shape = t.shape
@@ -80,20 +79,11 @@ class PruneGroup:
                 t.grad = None
             else:
                 setattr(s.module, s.name, new)
-        self.stats.reset(len(kept), kept.device)
-
-
-def _torch_optimizer(optimizer):
-    # fairseq's FairseqOptimizer wraps a torch optimizer in ``.optimizer``
-    for _ in range(4):
-        if optimizer is None or isinstance(optimizer, torch.optim.Optimizer):
-            return optimizer
-        optimizer = getattr(optimizer, "optimizer", None)
-    return None
+        self.stats.reset()
 
 
 def _slice_optimizer_state(optimizer, param, old_shape, dim, idx):
-    opt = _torch_optimizer(optimizer)
+    opt = torch_optimizer(optimizer)
     if opt is None or param not in opt.state:
         return
     st = opt.state[param]
@@ -104,7 +94,7 @@ def _slice_optimizer_state(optimizer, param, old_shape, dim, idx):
 
 def reset_optimizer_state(optimizer) -> bool:
     """Cycle training: clear the optimizer's history at a stage start (section 2.2)."""
-    opt = _torch_optimizer(optimizer)
+    opt = torch_optimizer(optimizer)
     if opt is None:
         return False
     opt.state.clear()
@@ -135,9 +125,7 @@ class MeSimp:
 
     def set_recording(self, on: bool):
         for g in self.groups:
-            g.stats.enabled = on
-            if on and g.stats.counts is None:
-                g.stats.reset(g.size())
+            g.stats.enabled = on  # counts are created on the device of the first selection
 
     def sizes(self) -> Dict[str, int]:
         return {g.name: g.size() for g in self.groups}
@@ -155,7 +143,7 @@ class MeSimp:
             st = g.stats
             H = g.size()
             if st.counts is None or st.seen == 0 or st.counts.numel() != H:
-                g.stats.reset(H)
+                st.reset()  # nothing recorded (None counts = all zeros)
                 continue
             theta = st.seen * self.prune_rate
             keep = st.counts >= theta
@@ -166,7 +154,7 @@ class MeSimp:
             if kept.numel() < H:
                 g.prune(kept, optimizer)
             else:
-                st.reset(H, st.counts.device)
+                st.reset()
         sizes = self.sizes()
         logger.info("meSimp: layer sizes %s", " ".join(f"{k}={v}" for k, v in sizes.items()))
         return sizes
@@ -215,7 +203,7 @@ def group_tensor_names(model: nn.Module, groups: Sequence[PruneGroup]) -> List[s
         ids[id(mod)] = mname
     names = []
     for g in groups:
-        for s in list(g.slices) + ([g.unit_ids] if g.unit_ids is not None else []):
+        for s in g.slices:
             prefix = ids[id(s.module)]
             names.append(f"{prefix}.{s.name}" if prefix else s.name)
     return sorted(set(names))
@@ -237,5 +225,5 @@ def lstm_cell_group(name: str, cell, consumers: Sequence[Slice]) -> PruneGroup:
     if cell.bias is not None:
         slices.append(Slice(cell, "bias", 0, gate_rows))
     slices += list(consumers)
-    return PruneGroup(name, cell.stats, slices, size=lambda: cell.hidden_size,
-                      unit_ids=Slice(cell, "unit_ids", 0, units))
+    slices.append(Slice(cell, "unit_ids", 0, units))  # buffer of original unit ids
+    return PruneGroup(name, cell.stats, slices, size=lambda: cell.hidden_size)

@@ -75,29 +75,45 @@ class TopKStats:
 
     def __init__(self):
         self.enabled = False
-        self.counts: Optional[torch.Tensor] = None
+        self.counts: Optional[torch.Tensor] = None  # None: nothing recorded (all zeros)
         self.seen = 0
 
-    def reset(self, n: int, device=None):
-        self.counts = torch.zeros(n, dtype=torch.long, device=device)
+    def reset(self):
+        """Clear the record; ``counts`` is re-created by the next recorded selection."""
+        self.counts = None
         self.seen = 0
 
-    def record_unified(self, idx: torch.Tensor, n: int, times: int = 1):
+    def _ensure(self, n: int, device) -> torch.Tensor:
+        """``counts`` for ``n`` units on ``device``: created (record cleared) on first use
+        or a size change, moved if it lives elsewhere (e.g. loaded from a checkpoint)."""
+        if self.counts is None or self.counts.numel() != n:
+            self.counts = torch.zeros(n, dtype=torch.long, device=device)
+            self.seen = 0
+        elif self.counts.device != device:
+            self.counts = self.counts.to(device)
+        return self.counts
+
+    def record_unified(self, idx: torch.Tensor, n: int):
+        """One selection (a backward call) keeping the distinct units ``idx``."""
         if not self.enabled:
             return
-        if self.counts is None or self.counts.numel() != n:
-            self.reset(n, idx.device)
-        self.counts.index_add_(0, idx.reshape(-1),
-                               torch.ones(idx.numel(), dtype=torch.long, device=idx.device))
-        self.seen += times
+        self._ensure(n, idx.device).index_add_(
+            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.long, device=idx.device))
+        self.seen += 1
 
     def record_rows(self, ind: torch.Tensor, n: int):
+        """One selection per row of ``ind`` (B x k unit indices, per-example mode)."""
         if not self.enabled:
             return
-        if self.counts is None or self.counts.numel() != n:
-            self.reset(n, ind.device)
-        self.counts += torch.bincount(ind.reshape(-1), minlength=n)
+        self._ensure(n, ind.device).add_(torch.bincount(ind.reshape(-1), minlength=n))
         self.seen += ind.shape[0]
+
+    def record_active(self, mask: torch.Tensor):
+        """One selection per row of ``mask`` (B x n, True = unit active)."""
+        if not self.enabled:
+            return
+        self._ensure(mask.shape[1], mask.device).add_(mask.sum(0))
+        self.seen += mask.shape[0]
 
 
 class _RowGradBuffer:
@@ -114,7 +130,9 @@ class _RowGradBuffer:
 
     def __init__(self):
         self.buf: Optional[torch.Tensor] = None
-        self.dirty: Optional[torch.Tensor] = None  # rows written since the last reset
+        # rows written since the last reset; None with a buffer: every row (once the
+        # written rows add up to the buffer's size, zero_() is cheaper than index_fill_)
+        self.dirty: Optional[torch.Tensor] = None
 
 
 def _distributed() -> bool:
@@ -139,6 +157,8 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
         buf = cache.buf if cache is not None else None
         if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
             buf = torch.zeros_like(param)
+        elif cache.dirty is None:  # whole buffer dirty
+            buf.zero_()
         else:
             buf.index_fill_(0, cache.dirty, 0)
         if cache is not None:
@@ -148,23 +168,44 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
         return True
     g = param.grad
     g.index_add_(0, idx, rows.to(g.dtype))
-    if cache is not None and g is cache.buf:
-        cache.dirty = torch.cat([cache.dirty, idx])
+    if cache is not None and g is cache.buf and cache.dirty is not None:
+        if cache.dirty.numel() + idx.numel() >= g.shape[0]:
+            cache.dirty = None  # e.g. T steps of an LSTM backward: reset it all next time
+        else:
+            cache.dirty = torch.cat([cache.dirty, idx])
     return True
 
 
 _SCORE_ROWS = 128
 
 
-def unified_topk_indices(grad: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices S of the k largest mean |dL/dy| over the batch (section 3.3.1)."""
-    # |G| summed over the batch in row blocks: no N x n temporary (fresh memory costs page
-    # faults that can exceed the rest of the sparse backward; benchmarks/meprop.py linear)
+def abs_batch_sum(grad: torch.Tensor) -> torch.Tensor:
+    """``grad.abs().sum(0)`` of an N x n gradient, summed in row blocks.
+
+    No N x n temporary: fresh memory costs page faults that can exceed the rest of
+    the sparse backward (``benchmarks/meprop.py linear``).
+    """
     score = None
     for block in grad.split(_SCORE_ROWS):
         s = block.abs().sum(0)
         score = s if score is None else score.add_(s)
-    return score.topk(k, sorted=False).indices
+    return score
+
+
+def unified_topk_indices(grad: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices S of the k largest mean |dL/dy| over the batch (section 3.3.1)."""
+    return abs_batch_sum(grad).topk(k, sorted=False).indices
+
+
+def _init_meprop(module: nn.Module, k: Union[int, float], mode: str, n_caches: int) -> None:
+    """meProp state shared by :class:`TopKLinear` and ``MePropLSTMCell``: validated
+    ``k`` and ``mode``, the top-k switch, the meSimp record and one row-gradient
+    buffer per parameter updated by :func:`accumulate_rows`."""
+    check_k(k)
+    check_mode(mode)
+    module.k, module.mode, module.topk_enabled = k, mode, True
+    module.stats = TopKStats()
+    module._caches = tuple(_RowGradBuffer() for _ in range(n_caches))
 
 
 class TopKLinearFunction(torch.autograd.Function):
@@ -175,7 +216,6 @@ class TopKLinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.k, ctx.mode, ctx.stats = k, mode, stats
         ctx.caches = (cache_w, cache_b)
-        ctx.has_bias = bias is not None
         ctx.bias = bias
         return F.linear(x, weight, bias)
 
@@ -198,7 +238,7 @@ class TopKLinearFunction(torch.autograd.Function):
                 rows = Gs.t() @ X  # k x m
                 if not accumulate_rows(weight, idx, rows, ctx.caches[0]):
                     grad_w = weight.new_zeros(weight.shape).index_copy_(0, idx, rows)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
+            if bias is not None and ctx.needs_input_grad[2]:
                 rows_b = Gs.sum(0)
                 if not accumulate_rows(bias, idx, rows_b, ctx.caches[1]):
                     grad_b = bias.new_zeros(bias.shape).index_copy_(0, idx, rows_b)
@@ -210,7 +250,7 @@ class TopKLinearFunction(torch.autograd.Function):
                 grad_x = (Gm @ weight).view_as(x)
             if ctx.needs_input_grad[1]:
                 grad_w = Gm.t() @ X
-            if ctx.has_bias and ctx.needs_input_grad[2]:
+            if bias is not None and ctx.needs_input_grad[2]:
                 grad_b = Gm.sum(0)
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
@@ -233,29 +273,18 @@ class TopKLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  k: Union[int, float] = 0.05, mode: str = "unified", device=None, dtype=None):
-        check_k(k)
-        check_mode(mode)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.k = k
-        self.mode = mode
-        self.topk_enabled = True
-        self.stats = TopKStats()
-        self._cache_w = _RowGradBuffer()
-        self._cache_b = _RowGradBuffer()
+        _init_meprop(self, k, mode, n_caches=2)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, k, mode="unified") -> "TopKLinear":
         """A TopKLinear sharing ``linear``'s parameters."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        check_k(k)
-        check_mode(mode)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight = linear.weight
         new.bias = linear.bias
-        new.k, new.mode, new.topk_enabled = k, mode, True
-        new.stats = TopKStats()
-        new._cache_w, new._cache_b = _RowGradBuffer(), _RowGradBuffer()
+        _init_meprop(new, k, mode, n_caches=2)
         return new
 
     @property
@@ -270,10 +299,11 @@ class TopKLinear(nn.Linear):
         if not self.sparse_backward_active():
             if self.training and self.stats.enabled and torch.is_grad_enabled():
                 # dense backward: every unit is "in the top-k"
-                self.stats.record_unified(torch.arange(self.weight.shape[0]), self.weight.shape[0])
+                n = self.weight.shape[0]
+                self.stats.record_unified(torch.arange(n, device=self.weight.device), n)
             return F.linear(x, self.weight, self.bias)
         return TopKLinearFunction.apply(x, self.weight, self.bias, self.k_eff, self.mode,
-                                        self.stats, self._cache_w, self._cache_b)
+                                        self.stats, *self._caches)
 
     def extra_repr(self):
         return (f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, "

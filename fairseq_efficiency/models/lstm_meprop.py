@@ -19,7 +19,7 @@ encoder's last layer shrinks the attention projections with it, and
 """
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -134,17 +134,6 @@ class MePropLSTMDecoder(LSTMDecoder):
         super().__init__(*args, **kwargs)
         self.layers = nn.ModuleList(
             [MePropLSTMCell.from_lstm_cell(c, k=k, mode=mode) for c in self.layers])
-        self.orig_hidden = self.hidden_size
-
-    def _to_orig(self, h, cell):
-        if cell.hidden_size == self.orig_hidden:
-            return h
-        return h.new_zeros(h.shape[0], self.orig_hidden).index_copy(1, cell.unit_ids, h)
-
-    def _from_orig(self, h, cell):
-        if cell.hidden_size == self.orig_hidden:
-            return h
-        return h.index_select(1, cell.unit_ids)
 
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None):
         if encoder_out is not None:
@@ -167,13 +156,13 @@ class MePropLSTMDecoder(LSTMDecoder):
                 prev_cells = [self.encoder_cell_proj(y) for y in prev_cells]
             input_feed = x.new_zeros(bsz, self.hidden_size)
         else:
-            zero = x.new_zeros(bsz, self.orig_hidden)
+            zero = x.new_zeros(bsz, self.hidden_size)
             prev_hiddens = [zero for _ in range(self.num_layers)]
             prev_cells = [zero for _ in range(self.num_layers)]
             input_feed = None
         # original unit space -> each layer's current units
-        prev_hiddens = [self._from_orig(h, c) for h, c in zip(prev_hiddens, self.layers)]
-        prev_cells = [self._from_orig(h, c) for h, c in zip(prev_cells, self.layers)]
+        prev_hiddens = [c.select_state(h) for h, c in zip(prev_hiddens, self.layers)]
+        prev_cells = [c.select_state(h) for h, c in zip(prev_cells, self.layers)]
 
         attn_scores: Optional[Tensor] = (
             x.new_zeros(srclen, seqlen, bsz) if self.attention is not None else None)
@@ -195,8 +184,10 @@ class MePropLSTMDecoder(LSTMDecoder):
             outs.append(out)
 
         cache_state = torch.jit.annotate(Dict[str, Optional[Tensor]], {
-            "prev_hiddens": torch.stack([self._to_orig(h, c) for h, c in zip(prev_hiddens, self.layers)]),
-            "prev_cells": torch.stack([self._to_orig(h, c) for h, c in zip(prev_cells, self.layers)]),
+            "prev_hiddens": torch.stack([c.expand_state(h, self.hidden_size)
+                                         for h, c in zip(prev_hiddens, self.layers)]),
+            "prev_cells": torch.stack([c.expand_state(h, self.hidden_size)
+                                       for h, c in zip(prev_cells, self.layers)]),
             "input_feed": input_feed,
         })
         self.set_incremental_state(incremental_state, "cached_state", cache_state)

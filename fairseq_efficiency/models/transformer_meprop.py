@@ -81,8 +81,8 @@ class TransformerMePropModel(MePropModelMixin, TransformerModelBase):
 
     @classmethod
     def build_model(cls, cfg, task):
-        check_meprop_cfg(cfg)
-        base = TransformerModelBase.build_model.__func__(_Builder, _to_transformer_config(cfg), task)
+        # a plain TransformerModelBase to wrap (meProp flags are checked in __init__)
+        base = TransformerModelBase.build_model(_to_transformer_config(cfg), task)
         model = cls(base.cfg, base.encoder, base.decoder, meprop_cfg=cfg)
         if cfg.meprop_alternate:
             model.apply_alternation(1)
@@ -95,7 +95,3 @@ class TransformerMePropModel(MePropModelMixin, TransformerModelBase):
             for i, layer in enumerate(layers):
                 groups.append(linear_group(f"{side}.{i}.ffn", layer.fc1, [layer.fc2]))
         return groups
-
-
-class _Builder(TransformerModelBase):
-    """fairseq's TransformerModelBase.build_model, producing a plain model to wrap."""
