@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fairseq_efficiency.cli.demo import BASELINE_MODEL, DEMO_CORPUS  # noqa: E402
+from fairseq_efficiency.cli.demo import BASELINE_MODEL, DEMO_CORPUS, iter_log_stats  # noqa: E402
 from fairseq_efficiency.cli.userdir import userdir  # noqa: E402
 from fairseq_efficiency.data.prepare import prepare  # noqa: E402
 from fairseq_efficiency.data.synthetic import CorpusConfig  # noqa: E402
@@ -63,12 +62,10 @@ def train(data, save, method, args):
         raise RuntimeError(f"{method} failed:\n{res.stderr[-3000:]}")
     wall = time.time() - t0
     train_stats, valid_stats = {}, {}
-    for line in (res.stdout + res.stderr).splitlines():
-        m = re.search(r"\| (train|valid) \| (\{.*\})$", line)
-        if m:
-            tag = m.group(1) + "_"
-            d = {k[len(tag):] if k.startswith(tag) else k: v for k, v in json.loads(m.group(2)).items()}
-            (train_stats if m.group(1) == "train" else valid_stats)[int(d["epoch"])] = d
+    for kind, stats in iter_log_stats(res.stdout + res.stderr):
+        tag = kind + "_"
+        d = {k[len(tag):] if k.startswith(tag) else k: v for k, v in stats.items()}
+        (train_stats if kind == "train" else valid_stats)[int(d["epoch"])] = d
     return train_stats, valid_stats, wall
 
 

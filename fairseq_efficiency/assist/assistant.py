@@ -34,21 +34,24 @@ class Assistant:
         self.min_keep = float(min_keep)
         self.clf = SGDClassifier(loss="log_loss", penalty="l2", alpha=l2, learning_rate="constant",
                                  eta0=lr, random_state=seed)
-        self.coef = np.zeros(self.n_features, dtype=np.float64)
-        self.intercept = 0.0
-        self.fitted = False
         self.loss_ema = 0.0   # m_k (biased)
         self.steps = 0        # k: Boss batches observed
         self.rho = 0.0        # rho_0 = 0
         self.last_accuracy = float("nan")
-        self.sentences_seen = 0
+
+    @property
+    def fitted(self):
+        """Whether the classifier has learned from at least one Boss batch."""
+        return hasattr(self.clf, "coef_")
 
     # -- prediction -----------------------------------------------------------
     def predict(self, x):
         """g(psi | theta): probability that each row's Boss loss exceeds T (0.5 before any fit)."""
         if not self.fitted:
             return np.full(x.shape[0], 0.5)
-        return expit(x @ self.coef + self.intercept)
+        # the classifier's own weights; not clf.decision_function, whose input validation
+        # costs ~20x the product on the worker's 256-candidate chunks
+        return expit(x @ self.clf.coef_[0] + self.clf.intercept_[0])
 
     def keep_prob(self, x):
         """Algorithm 1's keep probability ``1 - rho + rho * g``, floored at ``min_keep``."""
@@ -90,10 +93,6 @@ class Assistant:
             warnings.simplefilter("ignore")
             # float64 always, so a restored classifier sees the dtype it was built with
             self.clf.partial_fit(x.astype(np.float64), z, classes=np.array([0, 1]))
-        self.coef = self.clf.coef_.ravel()
-        self.intercept = float(self.clf.intercept_[0])
-        self.fitted = True
-        self.sentences_seen += len(losses)
         return acc
 
     # -- state ----------------------------------------------------------------
@@ -101,7 +100,6 @@ class Assistant:
         st = {
             "n_features": self.n_features, "fitted": self.fitted, "loss_ema": self.loss_ema,
             "steps": self.steps, "rho": self.rho, "last_accuracy": self.last_accuracy,
-            "sentences_seen": self.sentences_seen,
         }
         if self.fitted:
             st.update(coef=self.clf.coef_.copy(), intercept=self.clf.intercept_.copy(),
@@ -112,9 +110,10 @@ class Assistant:
         if st["n_features"] != self.n_features:
             raise ValueError(f"Assistant state has {st['n_features']} features, the data "
                              f"has {self.n_features}: the training data changed since the checkpoint")
-        for k in ("fitted", "loss_ema", "steps", "rho", "last_accuracy", "sentences_seen"):
+        # (states of earlier versions also hold "sentences_seen", no longer kept: ignored)
+        for k in ("loss_ema", "steps", "rho", "last_accuracy"):
             setattr(self, k, st[k])
-        if self.fitted:
+        if st["fitted"]:
             # one dummy partial_fit initialises sklearn's internals, then the weights are replaced
             import scipy.sparse as sp
 
@@ -124,12 +123,18 @@ class Assistant:
             self.clf.coef_ = np.array(st["coef"], dtype=np.float64)
             self.clf.intercept_ = np.array(st["intercept"], dtype=np.float64)
             self.clf.t_ = st["t"]
-            self.coef = self.clf.coef_.ravel()
-            self.intercept = float(self.clf.intercept_[0])
+        elif self.fitted:  # an unfitted state: forget what this classifier learned
+            from sklearn.base import clone
+
+            self.clf = clone(self.clf)
 
     def fingerprint(self):
         """Short digest of the weights and scalars (logged on save/restore to verify resume)."""
         h = hashlib.sha1()
-        h.update(np.ascontiguousarray(self.coef).tobytes())
-        h.update(repr((self.intercept, self.loss_ema, self.steps, self.rho)).encode())
+        if self.fitted:
+            coef, intercept = self.clf.coef_.ravel(), float(self.clf.intercept_[0])
+        else:  # the weights sklearn starts from
+            coef, intercept = np.zeros(self.n_features, dtype=np.float64), 0.0
+        h.update(np.ascontiguousarray(coef).tobytes())
+        h.update(repr((intercept, self.loss_ema, self.steps, self.rho)).encode())
         return h.hexdigest()[:12]

@@ -7,10 +7,11 @@ symbols such as ``</s>`` are left out). Because fairseq has already mapped every
 token to an integer id, the term-count matrix is built directly from the
 data-bin's flat token buffer with numpy -- an exact, collision-free "hashing"
 of the terms -- and scikit-learn's :class:`~sklearn.feature_extraction.text.TfidfTransformer`
-supplies the IDF weighting and L2 row normalisation. Rows are processed in
-chunks, so peak memory is the size of the result plus one chunk
-(``benchmarks/autoassist.py --featurize-only`` measures it, and compares with
-``HashingVectorizer`` over token strings).
+supplies the IDF weighting and L2 row normalisation. Term counts are built in
+chunks of rows, stacked once, then weighted and normalised in place, so memory
+peaks at the token ids plus about twice the result (the chunks and their stacked
+copy) plus one chunk's temporaries (``benchmarks/autoassist.py --featurize-only``
+measures the peak, and compares with ``HashingVectorizer`` over token strings).
 
 The matrix is stored as ``{split}.{src}-{tgt}.assist-tfidf.{checksum}.npz`` next
 to the data-bin, where ``checksum`` covers the binarized data files, so a
@@ -29,7 +30,7 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: IDF computed by TfidfTransformer.fit (float32, as the counts)
 _CHUNK_ROWS = 200_000
 
 
@@ -62,10 +63,9 @@ def data_checksum(prefix, src, tgt, chunk=1 << 22):
 
 def read_token_ids(path):
     """Flat token-id array (a copy, in the data's compact dtype) and per-sentence lengths."""
-    from fairseq.data import indexed_dataset
+    from fairseq.data import data_utils, indexed_dataset
 
-    impl = indexed_dataset.infer_dataset_impl(path)
-    ds = indexed_dataset.make_dataset(path, impl=impl) if impl else None
+    ds = data_utils.load_indexed_dataset(path, None)
     if ds is None:
         raise FileNotFoundError(f"cannot read binarized data {path}.idx/.bin")
     sizes = np.asarray(ds.sizes, dtype=np.int64)
@@ -90,12 +90,11 @@ def _counts(tokens, sizes, nspecial, offset, n_cols, row_lo, row_hi, starts):
     tok = np.asarray(tokens[lo:hi], dtype=np.int64)
     rows = np.repeat(np.arange(row_hi - row_lo), sizes[row_lo:row_hi])
     keep = tok >= nspecial
-    m = sp.csr_matrix(
+    # COO -> CSR sums the duplicate (row, token) entries: the term counts
+    return sp.csr_matrix(
         (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], tok[keep] + offset)),
         shape=(row_hi - row_lo, n_cols),
     )
-    m.sum_duplicates()
-    return m
 
 
 def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_rows=_CHUNK_ROWS):
@@ -110,19 +109,17 @@ def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_row
     n_cols = src_vocab + tgt_vocab
     s_starts = np.concatenate([[0], np.cumsum(s_sizes)])
     t_starts = np.concatenate([[0], np.cumsum(t_sizes)])
-    chunks, df = [], np.zeros(n_cols, dtype=np.int64)
+    chunks = []
     for lo in range(0, n, chunk_rows):
         hi = min(n, lo + chunk_rows)
-        c = (_counts(s_tok, s_sizes, nspecial, 0, n_cols, lo, hi, s_starts)
-             + _counts(t_tok, t_sizes, nspecial, src_vocab, n_cols, lo, hi, t_starts))
-        df += np.bincount(c.indices, minlength=n_cols)
-        chunks.append(c)
-    tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True)
-    # fit on document frequencies directly: same idf as TfidfTransformer.fit(X) on all rows
-    tfidf.fit(sp.csr_matrix((1, n_cols), dtype=np.float32))
-    tfidf.idf_ = np.log((1.0 + n) / (1.0 + df)) + 1.0
-    out = [tfidf.transform(c).astype(np.float32) for c in chunks]
-    x = sp.vstack(out, format="csr") if out else sp.csr_matrix((0, n_cols), dtype=np.float32)
+        chunks.append(_counts(s_tok, s_sizes, nspecial, 0, n_cols, lo, hi, s_starts)
+                      + _counts(t_tok, t_sizes, nspecial, src_vocab, n_cols, lo, hi, t_starts))
+    if not chunks:
+        return sp.csr_matrix((0, n_cols), dtype=np.float32)
+    x = sp.vstack(chunks, format="csr")
+    del chunks
+    # float32 counts in, float32 TF-IDF out, weighted and normalised in place
+    x = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True).fit(x).transform(x, copy=False)
     x.indices = x.indices.astype(np.int32, copy=False)
     return x
 
@@ -172,12 +169,13 @@ def _dict_size(data_dir, lang):
 
 
 def _infer_langs(data_dir, split):
-    found = sorted(glob.glob(os.path.join(data_dir, f"{split}.*-*.*.idx")))
-    for f in found:
-        pair = os.path.basename(f)[len(split) + 1:].split(".")[0]
-        src, tgt = pair.split("-")
-        return src, tgt
-    raise FileNotFoundError(f"no binarized {split} split in {data_dir}")
+    """The language pair of the data-bin, as fairseq's translation task infers it."""
+    from fairseq.data import data_utils
+
+    src, tgt = data_utils.infer_language_pair(data_dir) if os.path.isdir(data_dir) else (None, None)
+    if src is None or tgt is None:
+        raise FileNotFoundError(f"no binarized {split} split in {data_dir}")
+    return src, tgt
 
 
 def main(argv=None):

@@ -15,9 +15,9 @@ runs snapshot at save time.
 """
 import logging
 import math
-import os
 
 import numpy as np
+from fairseq import utils
 
 from fairseq_efficiency.assist import config as aa_config
 from fairseq_efficiency.assist.assistant import Assistant
@@ -53,7 +53,6 @@ class InstanceSelectionHook(EfficiencyHook):
     def __init__(self, cfg, selection):
         self.cfg = cfg
         self.selection = selection
-        self.task = None
         self.worker = None
         self.itr = None
         self.rank, self.world = 0, 1
@@ -64,9 +63,6 @@ class InstanceSelectionHook(EfficiencyHook):
         self._pending_state = None
         self._in_valid = False
         self.restored_from = None  # fingerprint of the Assistant this run resumed from
-
-    def setup(self, task):
-        self.task = task
 
     # -- building -----------------------------------------------------------------------
     def _split_name(self, task, dataset):
@@ -102,7 +98,7 @@ class InstanceSelectionHook(EfficiencyHook):
         if self.selection == "autoassist":
             from fairseq_efficiency.assist.features import load_or_build
 
-            data_dir = task.cfg.data.split(os.pathsep)[0]
+            data_dir = utils.split_paths(task.cfg.data)[0]
             x, path = load_or_build(data_dir, self._split_name(task, dataset),
                                     task.cfg.source_lang, task.cfg.target_lang,
                                     len(task.src_dict), len(task.tgt_dict),
@@ -162,9 +158,6 @@ class InstanceSelectionHook(EfficiencyHook):
         return n
 
     # -- training loop ------------------------------------------------------------------
-    def on_epoch_start(self, epoch, model):
-        self._in_valid = False
-
     def before_train_step(self, sample, model, update_num):
         self._in_valid = False
 

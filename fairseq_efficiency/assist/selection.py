@@ -30,8 +30,6 @@ from fairseq_efficiency.assist.assistant import Assistant
 
 
 class Selector:
-    name = "selector"
-
     def keep_prob(self, idx):
         raise NotImplementedError
 
@@ -52,8 +50,6 @@ class Selector:
 
 
 class AutoAssistSelector(Selector):
-    name = "autoassist"
-
     def __init__(self, features, assistant: Assistant, warmup_epochs: int = 0):
         self.features = features
         self.assistant = assistant
@@ -111,8 +107,6 @@ class _LossMemory(Selector):
 
 
 class SelfPacedSelector(_LossMemory):
-    name = "self-paced"
-
     def __init__(self, n, shard, start_quantile=0.5, growth=1.3):
         super().__init__(n, shard)
         self.start_quantile = float(start_quantile)
@@ -148,8 +142,6 @@ class SelfPacedSelector(_LossMemory):
 
 
 class DynamicSamplingSelector(_LossMemory):
-    name = "dynamic-sampling"
-
     def __init__(self, n, shard, sample_rate=0.8, review_share=0.2):
         super().__init__(n, shard)
         self.sample_rate = float(sample_rate)

@@ -95,47 +95,50 @@ class RefillBatcher:
     def add(self, idx):
         self.pool = np.concatenate([self.pool, idx])
 
+    def _cut(self, pool):
+        """``pool`` sorted by length and cut into batches by fairseq's ``batch_by_size``."""
+        from fairseq.data import data_utils
+
+        pool = pool[np.lexsort((self.src[pool], self.tgt[pool]))]
+        return data_utils.batch_by_size(
+            pool, num_tokens_fn=lambda i: int(self.num_tokens[i]),
+            num_tokens_vec=self.num_tokens[pool], max_tokens=self.max_tokens,
+            max_sentences=self.max_sentences, required_batch_size_multiple=self.mult,
+        )
+
+    def _pop_full(self):
+        """Full batches from the pool, in length order, or ``[]`` while it is still filling."""
+        if not self._ready():
+            return []
+        batches = self._cut(self.pool)
+        if len(batches) < 2:
+            return []
+        keep = batches[-1]  # possibly under-full: refilled with the next candidates
+        self.pool = np.asarray(keep, dtype=np.int64)
+        return [np.asarray(b, dtype=np.int64) for b in batches[:-1]]
+
     def batches_per_pass(self, order, chunk=256):
         """Batches one pass over ``order`` (everything kept) fills when fed ``chunk``
         candidates at a time, as the worker does. A pool sorts only a few batches' worth
         of random candidates, so its batches hold fewer sentences than fairseq's (sorted
         over the whole dataset): this, not fairseq's batch count, is one pass."""
-        from fairseq.data import data_utils
-
         saved, self.pool = self.pool, np.zeros(0, dtype=np.int64)
-        rng = np.random.default_rng(0)
         try:
             n = 0
             for s in range(0, len(order), chunk):
                 self.add(np.asarray(order[s:s + chunk], dtype=np.int64))
-                n += len(self.pop_batches(rng))
+                n += len(self._pop_full())
             if len(self.pool):
-                rest = self.pool[np.lexsort((self.src[self.pool], self.tgt[self.pool]))]
-                n += len(data_utils.batch_by_size(
-                    rest, num_tokens_fn=lambda i: int(self.num_tokens[i]),
-                    num_tokens_vec=self.num_tokens[rest], max_tokens=self.max_tokens,
-                    max_sentences=self.max_sentences, required_batch_size_multiple=self.mult))
+                n += len(self._cut(self.pool))
             return n
         finally:
             self.pool = saved
 
     def pop_batches(self, rng):
-        """Full batches from the pool, or ``[]`` while it is still filling."""
-        from fairseq.data import data_utils
-
-        if not self._ready():
+        """Full batches from the pool in random order, or ``[]`` while it is still filling."""
+        out = self._pop_full()
+        if not out:
             return []
-        pool = self.pool[np.lexsort((self.src[self.pool], self.tgt[self.pool]))]
-        batches = data_utils.batch_by_size(
-            pool, num_tokens_fn=lambda i: int(self.num_tokens[i]),
-            num_tokens_vec=self.num_tokens[pool], max_tokens=self.max_tokens,
-            max_sentences=self.max_sentences, required_batch_size_multiple=self.mult,
-        )
-        if len(batches) < 2:
-            return []
-        keep = batches[-1]  # possibly under-full: refilled with the next candidates
-        self.pool = np.asarray(keep, dtype=np.int64)
-        out = [np.asarray(b, dtype=np.int64) for b in batches[:-1]]
         return [out[i] for i in rng.permutation(len(out))]
 
 
@@ -162,8 +165,8 @@ class AssistWorker:
         self.error = None
         self.thread = None
         self.name = name
-        self.counters = dict(candidate_sentences=0, candidate_tokens=0, kept_sentences=0,
-                             kept_tokens=0, learned_batches=0, dropped_loss_batches=0)
+        self.counters = dict(candidate_sentences=0, candidate_tokens=0, kept_tokens=0,
+                             learned_batches=0, dropped_loss_batches=0)
         self.wait_s = 0.0               # time the training loop waited for a batch
         self.recent_keep_rate = 1.0     # EMA over candidate chunks (token-weighted per chunk)
 
@@ -173,15 +176,13 @@ class AssistWorker:
             cand = self.stream.take(self.chunk)
             p = self.selector.keep_prob(cand)
             kept = cand[self.rng.random(len(cand)) < p]
+            cand_tok, kept_tok = int(self.ntokens[cand].sum()), int(self.ntokens[kept].sum())
             c = self.counters
             c["candidate_sentences"] += len(cand)
-            c["candidate_tokens"] += int(self.ntokens[cand].sum())
-            c["kept_sentences"] += len(kept)
-            c["kept_tokens"] += int(self.ntokens[kept].sum())
-            ct = self.ntokens[cand].sum()
-            if ct > 0:
-                rate = self.ntokens[kept].sum() / ct
-                self.recent_keep_rate = 0.9 * self.recent_keep_rate + 0.1 * float(rate)
+            c["candidate_tokens"] += cand_tok
+            c["kept_tokens"] += kept_tok
+            if cand_tok > 0:
+                self.recent_keep_rate = 0.9 * self.recent_keep_rate + 0.1 * (kept_tok / cand_tok)
             self.batcher.add(kept)
             batches = self.batcher.pop_batches(self.rng)
             if batches:

@@ -76,6 +76,7 @@ class TrainResult:
     tokens: int
     valid_loss: Optional[float]
     log: str = field(repr=False, default="")
+    train_stats: Dict[str, object] = field(repr=False, default_factory=dict)  # last "| train |" line
 
 
 @dataclass
@@ -116,9 +117,9 @@ class DemoContext:
         if rc != 0:
             raise RuntimeError(f"demo row {name}: fairseq-train failed (exit {rc}); see {log_path}:\n"
                                + "\n".join(text.splitlines()[-15:]))
-        tokens, valid_loss = parse_train_log(text)
+        tokens, valid_loss, train_stats = _parse_train_log(text)
         res = TrainResult(name, save_dir, os.path.join(save_dir, "checkpoint_last.pt"), wall,
-                          tokens, valid_loss, log_path)
+                          tokens, valid_loss, log_path, train_stats)
         self.results[name] = res
         return res
 
@@ -135,21 +136,31 @@ class DemoContext:
 _JSON_LINE = re.compile(r"\| (train|valid) \| (\{.*\})\s*$")
 
 
-def parse_train_log(text):
-    """(target tokens trained on, last validation loss) from a ``--log-format json`` log."""
-    tokens, prev_updates, valid_loss = 0, 0, None
+def iter_log_stats(text):
+    """``(kind, stats)`` of every end-of-epoch ``| train |``/``| valid |`` line of a
+    ``--log-format json`` log, in order (``stats`` keys keep their ``train_``/``valid_`` prefix)."""
     for line in text.splitlines():
         m = _JSON_LINE.search(line)
-        if not m:
-            continue
-        stats = json.loads(m.group(2))
-        if m.group(1) == "train":
+        if m:
+            yield m.group(1), json.loads(m.group(2))
+
+
+def _parse_train_log(text):
+    tokens, prev_updates, valid_loss, last_train = 0, 0, None, {}
+    for kind, stats in iter_log_stats(text):
+        if kind == "train":
             updates = int(float(stats["train_num_updates"]))
             tokens += int(round(float(stats["train_wpb"]) * (updates - prev_updates)))
             prev_updates = updates
+            last_train = stats
         else:
             valid_loss = float(stats["valid_loss"])
-    return tokens, valid_loss
+    return tokens, valid_loss, last_train
+
+
+def parse_train_log(text):
+    """(target tokens trained on, last validation loss) from a ``--log-format json`` log."""
+    return _parse_train_log(text)[:2]
 
 
 def generate_bleu(data_bin, checkpoint, threads=2, extra_args=(), log_path=None, beam=4):

@@ -54,8 +54,7 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         self.report_sentence_loss = False
 
     def forward(self, model, sample, reduce=True):
-        if not self.report_sentence_loss:
-            return super().forward(model, sample, reduce=reduce)
+        # score() is fairseq's forward on ``net_output`` (+ the per-sentence losses when asked)
         return self.score(model, model(**sample["net_input"]), sample, reduce=reduce)
 
     def score(self, model, net_output, sample, reduce=True):
