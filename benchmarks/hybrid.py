@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fairseq_efficiency.data.prepare import prepare  # noqa: E402
 from fairseq_efficiency.data.synthetic import CorpusConfig  # noqa: E402
 from fairseq_efficiency.parallel.pipeline import WavefrontPipeline  # noqa: E402
-from fairseq_efficiency.parallel.seq2seq import HybridSeq2Seq  # noqa: E402
+from fairseq_efficiency.parallel.seq2seq import HybridSeq2Seq, batch_bounds  # noqa: E402
 from fairseq_efficiency.parallel.spawn import run_ranks  # noqa: E402
 
 # a larger lexicon than the demo's, so that the target vocabulary is >= 8k types
@@ -50,14 +50,9 @@ def load_batches(data_bin, n_batches, batch_size):
         rows = idx[b * batch_size:(b + 1) * batch_size]
         s = [src[i] for i in rows]
         t = [tgt[i] for i in rows]
-        S = torch.full((len(rows), max(map(len, s))), pad, dtype=torch.long)
-        T = torch.full((len(rows), max(map(len, t))), pad, dtype=torch.long)
-        P = torch.full_like(T, pad)
-        for k, (x, y) in enumerate(zip(s, t)):
-            S[k, :len(x)] = x
-            T[k, :len(y)] = y
-            P[k, 0] = eos
-            P[k, 1:len(y)] = y[:-1]
+        S = data_utils.collate_tokens(s, pad)  # right-padded
+        T = data_utils.collate_tokens(t, pad)
+        P = data_utils.collate_tokens(t, pad, eos, move_eos_to_beginning=True)  # <eos> y[:-1]
         batches.append((S, P, T))
     perm = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in perm], len(src_dict), len(tgt_dict), pad
@@ -70,8 +65,7 @@ def bench_rank(rank, world, mode, chunks, model_kw, batches, warmup, pad):
     params = list(model.parameters())
     pipe = None
     if mode == "hybrid":
-        layers = model_kw["layers"]
-        per = [layers // world + (1 if s < layers % world else 0) for s in range(world)]
+        per = [b - a for a, b in batch_bounds(model_kw["layers"], world)]  # layers per stage
         pipe = WavefrontPipeline(model.encoder, model.decoder, per, chunks)
 
     def step(src, prev, tgt):

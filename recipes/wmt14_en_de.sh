@@ -63,20 +63,17 @@ case "${1:-}" in
       --destdir "$DATA" --workers 16
     fairseq-efficiency-featurize "$DATA"   # AutoAssist's TF-IDF features, cached next to the data
     ;;
-  flags)  # dry run: the fairseq-train arguments of RUN, one per line
-    run=${2:?usage: $0 flags RUN [flags]}; shift 2
-    variant "$run" >/dev/null
-    # shellcheck disable=SC2046
-    printf '%s\n' "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" $(variant "$run") \
-      --distributed-world-size "$NGPU" --save-dir "$WORK/checkpoints/$run" "$@"
-    ;;
-  train)
-    run=${2:?usage: $0 train RUN [flags]}; shift 2
-    variant "$run" >/dev/null
-    # shellcheck disable=SC2046
-    fairseq-train "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" $(variant "$run") \
-      --distributed-world-size "$NGPU" --save-dir "$WORK/checkpoints/$run" \
-      --log-format json --log-file "$WORK/$run.log" "$@"
+  flags|train)  # flags: dry run, the fairseq-train arguments of RUN, one per line
+    cmd=$1; run=${2:?usage: $0 $1 RUN [flags]}; shift 2
+    v=$(variant "$run")   # an unknown RUN exits here (set -e)
+    # shellcheck disable=SC2206
+    args=("$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" $v
+          --distributed-world-size "$NGPU" --save-dir "$WORK/checkpoints/$run")
+    if [ "$cmd" = flags ]; then
+      printf '%s\n' "${args[@]}" "$@"
+    else
+      fairseq-train "${args[@]}" --log-format json --log-file "$WORK/$run.log" "$@"
+    fi
     ;;
   eval)
     run=${2:?usage: $0 eval RUN}

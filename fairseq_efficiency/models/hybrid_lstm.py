@@ -25,8 +25,10 @@ from fairseq.models import (
 from omegaconf import II
 
 from fairseq_efficiency.parallel.fairseq_glue import HYBRID_SHARE, HYBRID_WAIT
-from fairseq_efficiency.parallel.pipeline import DevicePipeline, WavefrontPipeline
-from fairseq_efficiency.parallel.seq2seq import HybridDecoder, HybridEncoder
+from fairseq_efficiency.parallel.pipeline import (
+    DevicePipeline, WavefrontPipeline, check_wavefront_decoder,
+)
+from fairseq_efficiency.parallel.seq2seq import HybridDecoder, HybridEncoder, check_chunks
 
 
 @dataclass
@@ -44,8 +46,8 @@ class HybridLSTMConfig(FairseqDataclass):
                 "(Luong et al.); cannot be wavefront-pipelined"})
     share_decoder_input_output_embed: bool = field(default=False, metadata={
         "help": "tie the output layer F_c to the target embedding"})
-    max_source_positions: int = field(default=1024, metadata={"help": "longest source"})
-    max_target_positions: int = field(default=1024, metadata={"help": "longest target"})
+    max_source_positions: int = II("task.max_source_positions")
+    max_target_positions: int = II("task.max_target_positions")
     # fairseq's own distributed flags (no help: they are declared by fairseq already)
     pipeline_model_parallel: bool = II("distributed_training.pipeline_model_parallel")
     pipeline_encoder_balance: Optional[str] = II("distributed_training.pipeline_encoder_balance")
@@ -60,9 +62,7 @@ def _layout(cfg):
     """(balance or None, chunks) from the ``--pipeline-*`` flags, validated."""
     enc = utils.eval_str_list(cfg.get("pipeline_encoder_balance", None), type=int)
     dec = utils.eval_str_list(cfg.get("pipeline_decoder_balance", None), type=int)
-    chunks = cfg.get("pipeline_chunks", None) or 1
-    if chunks < 1:
-        raise ValueError(f"--pipeline-chunks must be >= 1, got {chunks}")
+    chunks = check_chunks(cfg.get("pipeline_chunks", None) or 1, "--pipeline-chunks")
     if enc is None and dec is None:
         return None, chunks
     if enc != dec:
@@ -197,12 +197,9 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
         elif balance is not None and torch.distributed.is_available() \
                 and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             self.pipeline = WavefrontPipeline(enc, dec, balance, chunks)
-        elif cfg.input_feeding and balance is not None and len(balance) > 1:
-            raise ValueError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined")
+        elif balance is not None and len(balance) > 1:
+            check_wavefront_decoder(dec)
         return self.pipeline
-
-    def max_positions(self):
-        return (self.cfg.max_source_positions, self.cfg.max_target_positions)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         if self.pipeline is None:

@@ -52,10 +52,7 @@ class HybridCrossEntropyCriterion(SentenceCrossEntropyCriterion):
         net_output = model(**sample["net_input"])
         extra = net_output[1] if isinstance(net_output[1], dict) else {}
         share = extra.get(HYBRID_SHARE)
-        if share is not None:
-            if self.report_sentence_loss:
-                raise ValueError("per-sentence losses are not available with hybrid_lstm "
-                                 "across ranks (each rank scores a share of the batch)")
+        if share is not None:  # PipelineGroupShards.setup refused per-sentence losses
             sample = share_of_sample(sample, share[0], share[1], self.padding_idx)
         loss, sample_size, logging_output = self.score(model, net_output, sample, reduce=reduce)
         if share is not None:
@@ -90,6 +87,13 @@ class PipelineGroupShards(EfficiencyHook):
 
     def __init__(self, stages: int):
         self.stages = stages
+
+    def setup(self, task):
+        # the criterion reports per-sentence losses only when a hook needs them
+        # (TranslationEfficiencyTask.build_criterion)
+        if task.hooks.needs_sentence_losses:
+            raise ValueError("per-sentence losses are not available with hybrid_lstm "
+                             "across ranks (each rank scores a share of the batch)")
 
     def on_model_built(self, model):
         if not isinstance(getattr(model, "pipeline", None), WavefrontPipeline):

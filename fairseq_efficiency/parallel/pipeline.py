@@ -34,15 +34,15 @@ parameters:
     ``Tensor.to``), and logits are gathered on the output device.
 """
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch.func import functional_call
 
 from fairseq_efficiency.parallel.seq2seq import (
-    HybridDecoder, HybridEncoder, batch_bounds, chunk_bounds, chunk_lengths, run_layers,
-    zero_state,
+    HybridDecoder, HybridEncoder, batch_bounds, check_chunks, chunk_bounds, chunk_lengths,
+    run_layers, zero_state,
 )
 
 # message tags (gloo matches send/recv pairs by tag)
@@ -54,12 +54,11 @@ def _tag(kind: int, item: int = 0) -> int:
     return kind * _TAG_STRIDE + item
 
 
-def parse_balance(balance: Sequence[int], num_layers: int, what: str) -> List[int]:
-    balance = [int(b) for b in balance]
-    if any(b < 1 for b in balance) or sum(balance) != num_layers:
-        raise ValueError(f"{what} {balance} must list >= 1 layers per stage summing to the "
-                         f"{num_layers} layers of the model")
-    return balance
+def work_items(Ts: int, Tt: int, chunks: int) -> Tuple[List[Tuple[bool, int, int]], int]:
+    """The schedule of every stage: ``(is_enc, start, end)`` for the source's time chunks,
+    then the target's; and the number of source chunks."""
+    enc = [(True, a, b) for a, b in chunk_bounds(Ts, chunks)]
+    return enc + [(False, a, b) for a, b in chunk_bounds(Tt, chunks)], len(enc)
 
 
 class _Stage:
@@ -91,16 +90,25 @@ class _PipelineFunction(torch.autograd.Function):
         return None, None, None, None
 
 
-def check_pipeline(encoder, decoder, balance, chunks):
-    """Validate a wavefront placement; return the parsed per-stage layer counts."""
+def check_wavefront_decoder(decoder):
+    """The decoder must have no input feeding to be computed chunk by chunk."""
     if decoder.input_feeding:
         raise ValueError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined: "
                          "each decoder step needs the previous step's attention output")
-    if len(encoder.layers) != len(decoder.layers):
+
+
+def check_pipeline(encoder, decoder, balance, chunks):
+    """Validate a wavefront placement; return the parsed per-stage layer counts."""
+    check_wavefront_decoder(decoder)
+    num_layers = len(encoder.layers)
+    if num_layers != len(decoder.layers):
         raise ValueError("hybrid_lstm needs as many decoder as encoder layers")
-    if chunks < 1:
-        raise ValueError(f"--pipeline-chunks must be >= 1, got {chunks}")
-    return parse_balance(balance, len(encoder.layers), "pipeline balance")
+    check_chunks(chunks, "--pipeline-chunks")
+    balance = [int(b) for b in balance]
+    if any(b < 1 for b in balance) or sum(balance) != num_layers:
+        raise ValueError(f"pipeline balance {balance} must list >= 1 layers per stage summing "
+                         f"to the {num_layers} layers of the model")
+    return balance
 
 
 class WavefrontPipeline:
@@ -126,6 +134,8 @@ class WavefrontPipeline:
         self.stage = self.rank % self.num_stages
         base = self.rank - self.stage
         self.ranks = list(range(base, base + self.num_stages))  # this pipeline group
+        self.prev_rank = self.ranks[self.stage - 1] if self.stage > 0 else None
+        self.next_rank = self.ranks[self.stage + 1] if not self.is_last else None
         lo = sum(self.balance[:self.stage])
         self.layer_range = (lo, lo + self.balance[self.stage])
         self.wait_s = 0.0  # time blocked on other ranks (pipeline bubbles + transfers)
@@ -172,22 +182,16 @@ class WavefrontPipeline:
         logits, attn = self.decoder.head(S_share, H_share, src_pad)
         return logits, attn, (lo, hi)
 
-    def _items(self, Ts, Tt):
-        enc = [(True, a, b) for a, b in chunk_bounds(Ts, self.chunks)]
-        dec = [(False, a, b) for a, b in chunk_bounds(Tt, self.chunks)]
-        return enc + dec
-
     def _forward(self, src_tokens, prev_output_tokens, keep):
         enc, dec = self.encoder, self.decoder
         B, Ts, Tt = src_tokens.size(0), src_tokens.size(1), prev_output_tokens.size(1)
         hidden = enc.hidden_size
         weight = enc.embed_tokens.weight
-        items = self._items(Ts, Tt)
-        lengths = src_tokens.ne(enc.padding_idx).sum(1)
+        items, n_enc = work_items(Ts, Tt, self.chunks)
+        lengths = src_tokens.ne(enc.padding_idx).sum(1).cpu()  # one transfer per batch
         lo, hi = self.layer_range
         enc_layers, dec_layers = enc.layers[lo:hi], dec.layers[lo:hi]
-        prev_rank = self.ranks[self.stage - 1] if self.stage > 0 else None
-        next_rank = self.ranks[self.stage + 1] if not self.is_last else None
+        prev_rank, next_rank = self.prev_rank, self.next_rank
 
         bufs, recvs = [], []
         if prev_rank is not None:  # post every receive up front
@@ -227,7 +231,6 @@ class WavefrontPipeline:
         shares = batch_bounds(B, self.num_stages)
         s_lo, s_hi = shares[self.stage]
         if self.is_last:
-            n_enc = sum(1 for it in items if it[0])
             S_full, H_full = torch.cat(tops[:n_enc], 0), torch.cat(tops[n_enc:], 0)
             for r, (a, b) in enumerate(shares[:-1]):
                 if b > a:
@@ -251,8 +254,7 @@ class WavefrontPipeline:
     def _backward(self, run: _Stage, grad_S, grad_H):
         items, segments, shares = run.items, run.segments, run.share
         s_lo, s_hi = shares[self.stage]
-        prev_rank = self.ranks[self.stage - 1] if self.stage > 0 else None
-        next_rank = self.ranks[self.stage + 1] if not self.is_last else None
+        prev_rank, next_rank = self.prev_rank, self.next_rank
         sends = []
         if self.is_last:  # gather the head gradients of every share
             gS = grad_S.new_zeros(run.S_shape)
@@ -355,13 +357,13 @@ class DevicePipeline:
         B = src_tokens.size(0)
         src_tokens = src_tokens.to(self.devices[0])
         prev_output_tokens = prev_output_tokens.to(self.devices[0])
-        lengths = src_tokens.ne(enc.padding_idx).sum(1)
-        items = [(True, a, b) for a, b in chunk_bounds(src_tokens.size(1), self.chunks)]
-        items += [(False, a, b) for a, b in chunk_bounds(prev_output_tokens.size(1), self.chunks)]
+        lengths = src_tokens.ne(enc.padding_idx).sum(1).cpu()  # one transfer per batch
+        items, n_enc = work_items(src_tokens.size(1), prev_output_tokens.size(1), self.chunks)
+        # packing plan of each source chunk, shared by the stages
+        plans = [chunk_lengths(lengths, a, b) if is_enc else None for is_enc, a, b in items]
         firsts = [sum(self.balance[:s]) for s in range(n_stages)]
         states = [zero_state(enc.layers[f:f + n], B, enc.layers[f].weight_hh_l0)
                   for f, n in zip(firsts, self.balance)]
-        lens_on = [lengths.to(d) for d in self.devices]
         outs = [[None] * len(items) for _ in range(n_stages)]
         # issue work in wavefront order: step k runs item k - s on stage s
         for k in range(len(items) + n_stages - 1):
@@ -378,12 +380,9 @@ class DevicePipeline:
                 else:
                     x = outs[s - 1][i].to(self.devices[s], non_blocking=True)
                     outs[s - 1][i] = None
-                out, states[s] = run_layers(
-                    module.layers[f:f + n], x, states[s],
-                    chunk_lengths(lens_on[s], a, b) if is_enc else None,
-                    module.dropout, module.training)
+                out, states[s] = run_layers(module.layers[f:f + n], x, states[s], plans[i],
+                                            module.dropout, module.training)
                 outs[s][i] = out
-        n_enc = sum(1 for it in items if it[0])
         S = torch.cat(outs[-1][:n_enc], 0)
         H = torch.cat(outs[-1][n_enc:], 0)
         src_pad = src_tokens.eq(enc.padding_idx)

@@ -21,7 +21,7 @@ HybridNMT-IF baseline (section 4; Luong et al. input feeding): its decoder
 feeds the previous attentional state ``tanh(W_c[H;C])`` into layer 1 and must
 therefore run step by step; it cannot be wavefront-pipelined.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,18 +31,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each [B, H]
 
 
+def check_chunks(chunks: int, what: str = "the number of time chunks") -> int:
+    if chunks < 1:
+        raise ValueError(f"{what} must be >= 1, got {chunks}")
+    return chunks
+
+
 def chunk_bounds(length: int, chunks: int) -> List[Tuple[int, int]]:
     """Split ``range(length)`` into ``min(chunks, length)`` near-equal ``(start, end)`` pieces."""
-    if chunks < 1:
-        raise ValueError(f"the number of time chunks must be >= 1, got {chunks}")
-    n = max(1, min(chunks, length))
-    base, extra = divmod(length, n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + base + (1 if i < extra else 0)
-        out.append((start, end))
-        start = end
-    return out
+    check_chunks(chunks)
+    return batch_bounds(length, max(1, min(chunks, length)))
 
 
 def batch_bounds(batch: int, shares: int) -> List[Tuple[int, int]]:
@@ -69,18 +67,54 @@ def zero_state(layers: Sequence[nn.LSTM], batch: int, like: torch.Tensor) -> Lis
             for l in layers]
 
 
+class ChunkLengths:
+    """Valid steps of every right-padded sentence inside one time chunk, on the CPU.
+
+    Built once per chunk (see :func:`chunk_lengths`) and reused by every layer
+    that runs the chunk, so the layers need no device synchronisation to decide
+    how to pack it; ``index_on(device)`` copies the active rows' index to a
+    device once.
+    """
+
+    def __init__(self, lengths: torch.Tensor, steps: int):
+        active = lengths > 0
+        self.n_active = int(active.sum())
+        self.all_active = self.n_active == lengths.numel()
+        self.full = self.all_active and bool((lengths == steps).all())  # nothing to pack
+        if self.all_active:
+            self.lengths, self._index = lengths, None
+        else:  # only the sentences that still have tokens are run
+            self.lengths, self._index = lengths[active], active.nonzero().squeeze(1)
+        self._index_on: Dict[torch.device, torch.Tensor] = {}
+
+    def index_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._index_on:
+            self._index_on[device] = self._index.to(device)
+        return self._index_on[device]
+
+
+def chunk_lengths(lengths: torch.Tensor, start: int, end: int) -> ChunkLengths:
+    """Valid steps of each right-padded sentence inside time chunk ``[start, end)``.
+
+    ``lengths`` (whole sentences) should already be on the CPU (one ``.cpu()``
+    per batch, not per chunk).
+    """
+    return ChunkLengths((lengths.cpu() - start).clamp(min=0, max=end - start), end - start)
+
+
 def run_layers(layers: Sequence[nn.LSTM], x: torch.Tensor, states: List[State],
-               lengths: Optional[torch.Tensor] = None, dropout: float = 0.0,
+               lengths: Optional[ChunkLengths] = None, dropout: float = 0.0,
                training: bool = False) -> Tuple[torch.Tensor, List[State]]:
     """Run consecutive single-layer LSTMs over one time chunk ``x`` [T, B, C].
 
     ``states`` holds each layer's incoming ``(h, c)``; the returned states are
     those after the chunk (the carry into the next chunk, so backprop through
     time continues across chunks).  With ``lengths`` (valid steps of every
-    sentence *within this chunk*, right padding) each layer runs on the packed
-    sequences of the sentences that still have tokens, and the others keep
-    their state, so a sentence's final state is the one at its last token.
-    Dropout is applied to every layer's output (between layers and on top).
+    sentence *within this chunk*, right padding; see :func:`chunk_lengths`)
+    each layer runs on the packed sequences of the sentences that still have
+    tokens, and the others keep their state, so a sentence's final state is
+    the one at its last token.  Dropout is applied to every layer's output
+    (between layers and on top).
     """
     out_states = []
     for layer, (h, c) in zip(layers, states):
@@ -94,33 +128,25 @@ def run_layers(layers: Sequence[nn.LSTM], x: torch.Tensor, states: List[State],
     return x, out_states
 
 
-def _run_packed(layer, x, h, c, lengths):
+def _run_packed(layer, x, h, c, lengths: ChunkLengths):
     t_len, batch = x.shape[0], x.shape[1]
-    active = lengths > 0
-    n_active = int(active.sum())
-    if n_active == 0:
+    if lengths.n_active == 0:
         return x.new_zeros(t_len, batch, layer.hidden_size), h, c
-    if n_active == batch and bool((lengths == t_len).all()):
+    if lengths.full:
         out, (hn, cn) = layer(x, (h.unsqueeze(0), c.unsqueeze(0)))
         return out, hn.squeeze(0), cn.squeeze(0)
-    if n_active == batch:
-        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+    if lengths.all_active:
+        packed = pack_padded_sequence(x, lengths.lengths, enforce_sorted=False)
         out, (hn, cn) = layer(packed, (h.unsqueeze(0), c.unsqueeze(0)))
         out, _ = pad_packed_sequence(out, total_length=t_len)
         return out, hn.squeeze(0), cn.squeeze(0)
-    idx = active.nonzero().squeeze(1).to(x.device)
-    packed = pack_padded_sequence(x.index_select(1, idx), lengths[active].cpu(),
-                                  enforce_sorted=False)
+    idx = lengths.index_on(x.device)
+    packed = pack_padded_sequence(x.index_select(1, idx), lengths.lengths, enforce_sorted=False)
     out, (hn, cn) = layer(packed, (h.index_select(0, idx).unsqueeze(0),
                                    c.index_select(0, idx).unsqueeze(0)))
     out, _ = pad_packed_sequence(out, total_length=t_len)
     full = x.new_zeros(t_len, batch, layer.hidden_size).index_copy(1, idx, out)
     return full, h.index_copy(0, idx, hn.squeeze(0)), c.index_copy(0, idx, cn.squeeze(0))
-
-
-def chunk_lengths(lengths: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Valid steps of each right-padded sentence inside time chunk ``[start, end)``."""
-    return (lengths - start).clamp(min=0, max=end - start)
 
 
 class LuongAttentionHead(nn.Module):
@@ -164,7 +190,30 @@ class LuongAttentionHead(nn.Module):
         return self.F_c(H_c), alpha  # eq. 5 (logits)
 
 
-class HybridEncoder(nn.Module):
+class _ChunkedStack(nn.Module):
+    """What encoder and decoder share: ``embed_tokens`` + ``layers`` run chunk by chunk."""
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` [B, T] -> time-major embeddings [T, B, E] (with dropout)."""
+        x = self.embed_tokens(tokens).transpose(0, 1)
+        return F.dropout(x, p=self.dropout, training=self.training)
+
+    def _run_chunks(self, tokens: torch.Tensor, states: List[State], chunks: int,
+                    lengths: Optional[torch.Tensor] = None):
+        """Embed and run ``tokens`` [B, T] chunk by chunk -> (top outputs [T, B, H], final states).
+
+        ``lengths``: valid steps of every right-padded sentence (CPU), to pack the chunks.
+        """
+        outs = []
+        for a, b in chunk_bounds(tokens.size(1), chunks):
+            x, states = run_layers(self.layers, self.embed(tokens[:, a:b]), states,
+                                   None if lengths is None else chunk_lengths(lengths, a, b),
+                                   self.dropout, self.training)
+            outs.append(x)
+        return torch.cat(outs, 0), states
+
+
+class HybridEncoder(_ChunkedStack):
     """Source embedding + stacked LSTM (one ``nn.LSTM`` per layer so layers can be placed)."""
 
     def __init__(self, vocab: int, embed_dim: int, hidden: int, layers: int,
@@ -179,24 +228,15 @@ class HybridEncoder(nn.Module):
             nn.LSTM(embed_dim if i == 0 else hidden, hidden) for i in range(layers))
         self.hidden_size = hidden
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens`` [B, T] -> time-major embeddings [T, B, E] (with dropout)."""
-        x = self.embed_tokens(tokens).transpose(0, 1)
-        return F.dropout(x, p=self.dropout, training=self.training)
-
     def forward(self, src_tokens: torch.Tensor, chunks: int = 1):
         """Right-padded ``src_tokens`` [B, Ts] -> (``S`` [Ts, B, H], final states, pad mask [B, Ts])."""
-        lengths = src_tokens.ne(self.padding_idx).sum(1)
+        lengths = src_tokens.ne(self.padding_idx).sum(1).cpu()  # one transfer per batch
         states = zero_state(self.layers, src_tokens.size(0), self.embed_tokens.weight)
-        outs = []
-        for a, b in chunk_bounds(src_tokens.size(1), chunks):
-            x, states = run_layers(self.layers, self.embed(src_tokens[:, a:b]), states,
-                                   chunk_lengths(lengths, a, b), self.dropout, self.training)
-            outs.append(x)
-        return torch.cat(outs, 0), states, src_tokens.eq(self.padding_idx)
+        S, states = self._run_chunks(src_tokens, states, chunks, lengths)
+        return S, states, src_tokens.eq(self.padding_idx)
 
 
-class HybridDecoder(nn.Module):
+class HybridDecoder(_ChunkedStack):
     """Target embedding + stacked LSTM (no input feeding) + :class:`LuongAttentionHead`.
 
     With ``input_feeding=True`` this is HybridNMT-IF: layer 1 also receives the
@@ -221,20 +261,11 @@ class HybridDecoder(nn.Module):
         self.head = LuongAttentionHead(hidden, vocab, dropout,
                                        self.embed_tokens if share_input_output_embed else None)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed_tokens(tokens).transpose(0, 1)
-        return F.dropout(x, p=self.dropout, training=self.training)
-
     def states(self, prev_output_tokens: torch.Tensor, init: List[State], chunks: int = 1):
         """All top-layer decoder states ``H`` [Tt, B, H] (no input feeding), time-chunked."""
         if self.input_feeding:
             raise ValueError("the input-feeding decoder (HybridNMT-IF) has no state-only pass")
-        states, outs = list(init), []
-        for a, b in chunk_bounds(prev_output_tokens.size(1), chunks):
-            x, states = run_layers(self.layers, self.embed(prev_output_tokens[:, a:b]), states,
-                                   None, self.dropout, self.training)
-            outs.append(x)
-        return torch.cat(outs, 0)
+        return self._run_chunks(prev_output_tokens, list(init), chunks)[0]
 
     def forward(self, prev_output_tokens, S, init: List[State], src_pad, chunks: int = 1):
         """Training/scoring forward: logits [B, Tt, V] and attention [B, Tt, Ts]."""

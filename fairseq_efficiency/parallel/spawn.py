@@ -6,18 +6,13 @@ start method ``fn`` must be importable by module path.
 """
 import io
 import os
-import socket
 import traceback
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fairseq_efficiency.cli.launch import free_port
 
 
 def _worker(rank, world, port, threads, fn, args, queue):
@@ -45,7 +40,7 @@ def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout: float = 300
     """
     ctx = mp.get_context(start_method)
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, threads, fn, args, queue))
              for r in range(world_size)]
     for p in procs:
