@@ -9,6 +9,10 @@ export go through it. fairseq's task checkpoint API stores what
 and hands ``extra_state["TranslationEfficiencyTask"]`` back to
 ``set_checkpoint_dict`` on resume (unless ``--reset-dataloader``: see
 :func:`restore_path` for how the task then reads the restore file itself).
+The key stays fixed for subclasses of the task, so offline tools find the
+state; fairseq itself hands it back only to a task of that class name, and a
+subclass gets the state that outlives every ``--reset-*`` flag (pruning masks)
+through the task's own reading.
 """
 import os
 import pickle

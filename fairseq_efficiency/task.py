@@ -185,7 +185,11 @@ class TranslationEfficiencyTask(TranslationTask):
         if self._state_restored or not path or not os.path.isfile(path):
             return
         kept = restorable_hooks()
-        states = {n: s for n, s in checkpoint_state.read_hook_states(path).items()
-                  if n in kept and s}
+        saved = {n: s for n, s in checkpoint_state.read_hook_states(path).items() if s}
+        reset = sorted(n for n in saved if n not in kept and n in {h.name for h in self.hooks})
+        if reset:
+            logger.info("efficiency state of %s not restored (it follows the data iterator, "
+                        "which this run resets): %s", path, ", ".join(reset))
+        states = {n: s for n, s in saved.items() if n in kept}
         if states:
             self._load_hook_states(states)

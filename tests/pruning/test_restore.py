@@ -97,7 +97,8 @@ class Counter(EfficiencyHook):
 
 
 @pytest.mark.parametrize("flags", [(), ("--reset-dataloader",)])
-def test_only_restores_state_outlives_reset_dataloader(pruned, tiny_data_bin, tmp_path, flags):
+def test_only_restores_state_outlives_reset_dataloader(pruned, tiny_data_bin, tmp_path, caplog,
+                                                       flags):
     """A checkpoint in the layout the task has always written (built here by hand)."""
     path, masks, base = pruned
     state = load(base)
@@ -110,8 +111,11 @@ def test_only_restores_state_outlives_reset_dataloader(pruned, tiny_data_bin, tm
     cfg, task, trainer = build(tiny_data_bin, tmp_path / "ft", "--restore-file", old, *flags)
     counter = Counter()
     task.hooks.add(counter)
-    weights = fine_tune(cfg, trainer)
+    with caplog.at_level(logging.INFO, logger="fairseq_efficiency"):
+        weights = fine_tune(cfg, trainer)
     assert counter.steps == (0 if flags else 7)
+    assert (f"efficiency state of {old} not restored (it follows the data iterator, which this "
+            "run resets): counter" in caplog.text) == bool(flags)
     assert revived(weights, masks) == 0 and revived(load(base)["model"], masks) > 0
 
 
