@@ -8,9 +8,11 @@ also the order the hooks are called in.
 A technique whose state must outlive its flags (pruning masks of a restored
 checkpoint stay enforced while retraining) registers with ``restores=NAME``:
 when a checkpoint carries state for hook ``NAME`` and no such hook was built,
-the task calls ``build(cfg, restoring=True)`` and hands it that state.
+the task calls ``build(cfg, restoring=True)`` and hands it that state. That
+state is restored whatever ``--reset-*`` flags are given; the state of other
+hooks follows fairseq's data iterator (dropped with ``--reset-dataloader``).
 """
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Set, Tuple
 
 from fairseq_efficiency.hooks import EfficiencyHook
 
@@ -40,3 +42,8 @@ def build_restoring_hooks(cfg, names: Iterable[str]) -> List[EfficiencyHook]:
     names = set(names)
     return [factory(cfg, restoring=True) for factory, restores in _FACTORIES
             if restores is not None and restores in names]
+
+
+def restorable_hooks() -> Set[str]:
+    """Names of the hooks whose checkpointed state outlives every ``--reset-*`` flag."""
+    return {restores for _, restores in _FACTORIES if restores is not None}

@@ -12,7 +12,9 @@ Call order inside one ``fairseq-train`` run::
 
     setup(task)                             once, after the task is built
     on_model_built(model)                   after task.build_model (also at generate time)
-    [load_state_dict(state)]                on resume, from the checkpoint
+    on_train_model_built(model)             after it, in fairseq-train only
+    [load_state_dict(state)]                on resume, from the checkpoint (state of
+                                            ``restores=`` hooks also with --reset-dataloader)
     loop over epochs:
         on_epoch_start(epoch, model)
         loop over updates:
@@ -83,6 +85,10 @@ class EfficiencyHook:
 
     def on_model_built(self, model):
         """Called with the freshly built model (training and generation)."""
+
+    def on_train_model_built(self, model):
+        """Called after :meth:`on_model_built` when the model is built for training (not from
+        a checkpoint for inference): check inputs only training reads, before it starts."""
 
     def on_epoch_start(self, epoch: int, model):
         """Start of training epoch ``epoch`` (1-based)."""

@@ -6,10 +6,13 @@ in ``tests/test_task.py``). Each technique adds fields to
 :class:`~fairseq_efficiency.hooks.EfficiencyHook` built from them; see
 :mod:`fairseq_efficiency.hooks` for the call protocol.
 
-Checkpoints: the hooks' state goes into the checkpoint's ``extra_state`` under
-``"TranslationEfficiencyTask"`` through fairseq's own
+Checkpoints: the hooks' state goes into the checkpoint's ``extra_state``
+(layout: :mod:`fairseq_efficiency.checkpoint_state`) through fairseq's own
 ``get_checkpoint_dict``/``set_checkpoint_dict`` task API, so resuming with
-``fairseq-train`` restores it and plain fairseq tools ignore it.
+``fairseq-train`` restores it and plain fairseq tools ignore it. fairseq skips
+that state with ``--reset-dataloader``; the state of techniques registered with
+``restores=`` (pruning masks) must outlive every ``--reset-*`` flag, so the task
+then reads it from the restore file itself before the first epoch.
 """
 import atexit
 import logging
@@ -20,8 +23,9 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
-from fairseq_efficiency.features import build_hooks, build_restoring_hooks
+from fairseq_efficiency.features import build_hooks, build_restoring_hooks, restorable_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
 from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.meprop.hook import MeSimpConfig
@@ -45,8 +49,12 @@ class TranslationEfficiencyTask(TranslationTask):
 
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        #: the checkpoint fairseq-train restores from (None outside a fairseq-train config)
+        self.restore_path = checkpoint_state.restore_path(checkpoint_state.run_checkpoint_cfg(cfg))
         self.hooks = HookList(build_hooks(cfg))
         self._train_splits = set()
+        self._state_restored = False  # fairseq handed us the restore file's task state
+        self._kept_state_checked = False
         for hook in self.hooks:
             hook.setup(self)
         if self.hooks:
@@ -86,6 +94,8 @@ class TranslationEfficiencyTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         self.hooks.call("on_model_built", model)
+        if not from_checkpoint:  # fairseq-train: check what only training reads
+            self.hooks.call("on_train_model_built", model)
         return model
 
     def build_criterion(self, cfg, from_checkpoint=False):
@@ -104,6 +114,9 @@ class TranslationEfficiencyTask(TranslationTask):
     # -- training loop --------------------------------------------------------------
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
+        if not self._kept_state_checked:  # the first epoch of this run: the checkpoint is loaded
+            self._kept_state_checked = True
+            self._restore_kept_state()
         # fairseq's model API for per-epoch behaviour (e.g. meProp alternation);
         # fairseq's trainer itself never calls it
         model.set_epoch(epoch)
@@ -150,10 +163,13 @@ class TranslationEfficiencyTask(TranslationTask):
 
     # -- checkpoints: fairseq's task checkpoint API ---------------------------------------
     def get_checkpoint_dict(self):
-        return {type(self).__name__: {"hooks": self.hooks.state_dict()}} if self.hooks else {}
+        return checkpoint_state.task_checkpoint_dict(self.hooks.state_dict()) if self.hooks else {}
 
     def set_checkpoint_dict(self, state):
-        states = state.get("hooks", {})
+        self._state_restored = True
+        self._load_hook_states(checkpoint_state.task_state_hooks(state))
+
+    def _load_hook_states(self, states):
         present = {h.name for h in self.hooks}
         for hook in build_restoring_hooks(self.cfg, [n for n, s in states.items()
                                                       if s and n not in present]):
@@ -161,3 +177,19 @@ class TranslationEfficiencyTask(TranslationTask):
             self.hooks.add(hook)
             logger.info("efficiency feature %s: restored from the checkpoint", hook.name)
         self.hooks.load_state_dict(states)
+
+    def _restore_kept_state(self):
+        """State that outlives every ``--reset-*`` flag (``restores=``), read from the restore
+        file when fairseq skipped the task state (``--reset-dataloader``)."""
+        path = self.restore_path
+        if self._state_restored or not path or not os.path.isfile(path):
+            return
+        kept = restorable_hooks()
+        saved = {n: s for n, s in checkpoint_state.read_hook_states(path).items() if s}
+        reset = sorted(n for n in saved if n not in kept and n in {h.name for h in self.hooks})
+        if reset:
+            logger.info("efficiency state of %s not restored (it follows the data iterator, "
+                        "which this run resets): %s", path, ", ".join(reset))
+        states = {n: s for n, s in saved.items() if n in kept}
+        if states:
+            self._load_hook_states(states)

@@ -6,13 +6,13 @@ from collections import OrderedDict
 
 import torch
 
+from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.pruning.classes import find_weight_classes
+from fairseq_efficiency.pruning.hook import PruningHook, hook_state, hook_state_from_checkpoint
 from fairseq_efficiency.pruning.masks import MaskSet
 from fairseq_efficiency.pruning.schemes import check_ratio, check_scheme, compute_masks
 
 logger = logging.getLogger(__name__)
-
-TASK_KEY = "TranslationEfficiencyTask"  # the task's get_checkpoint_dict key
 
 
 class PruneError(Exception):
@@ -43,7 +43,7 @@ def build_from_checkpoint(path, data=None):
                          "(written by fairseq < 0.10?)")
     try:
         task = tasks.setup_task(cfg.task)
-        model = task.build_model(cfg.model)
+        model = task.build_model(cfg.model, from_checkpoint=True)
         model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
     except Exception as e:  # noqa: BLE001
         msg = " ".join(str(e).split())  # one line
@@ -70,22 +70,39 @@ def attach_masks(state, masks: MaskSet, scheme, fresh_start=True):
     With ``fresh_start`` the training iterator is reset to the start of epoch 1
     and the "best" value dropped: ``fairseq-train --restore-file`` then retrains
     the pruned model as a new phase and hands the masks to the pruning hook
-    (fairseq restores task state together with the iterator, i.e. unless
-    ``--reset-dataloader``; with that flag use ``--prune-masks-from``).
+    (whatever ``--reset-*`` flags are given; ``--prune-drop-masks`` drops them).
     """
-    extra = dict(state.get("extra_state") or {})
-    task_state = dict(extra.get(TASK_KEY) or {})
-    hooks = dict(task_state.get("hooks") or {})
-    hooks["pruning"] = {"version": 1, "masks": masks.state_dict(), "events_done": 0,
-                        "scheme": scheme}
-    task_state["hooks"] = hooks
-    extra[TASK_KEY] = task_state
+    checkpoint_state.set_hook_states(state, {PruningHook.name: hook_state(masks, scheme)})
     if fresh_start:
+        extra = state["extra_state"]
         extra["train_iterator"] = {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True,
                                    "version": 2}
         extra.pop("best", None)
-    state["extra_state"] = extra
     return state
+
+
+def check_masks_hold(state, path):
+    """Refuse a checkpoint whose stored pruning masks no longer match its weights.
+
+    Weights at masked positions that are non-zero again were trained without the
+    masks (e.g. fine-tuned by a version that lost them): treating the file as
+    pruned would export or re-prune a model that is no longer sparse.
+    """
+    hs = hook_state_from_checkpoint(state)
+    if hs is None:
+        return
+    masks = MaskSet.from_state_dict(hs["masks"])
+    revived = pruned = 0
+    for n, keep in masks.masks.items():
+        w = state["model"].get(n)
+        if w is None or tuple(w.shape) != tuple(keep.shape):
+            raise PruneError(f"{path}: its pruning mask for {n} matches no weight of the model")
+        pruned += int((~keep).sum())
+        revived += int(torch.count_nonzero(w[~keep]))
+    if revived:
+        raise PruneError(f"{path}: {revived} of its {pruned} pruned weights are non-zero again "
+                         "(trained without its masks); prune the checkpoint it was "
+                         "fine-tuned from, or retrain it with --prune-drop-masks to drop them")
 
 
 def plain_cfg(state):
@@ -129,6 +146,7 @@ def prune_checkpoint(path, out_path, scheme, ratio, include=(), exclude=(), spli
     if os.path.abspath(path) == os.path.abspath(out_path):
         raise PruneError(f"refusing to overwrite the input checkpoint {path}; choose another -o")
     state, task, model = build_from_checkpoint(path, data)
+    check_masks_hold(state, path)
     classes, res, masks = prune_model(model, scheme, ratio, include, exclude, split_lstm)
     pruned = model.state_dict()
     state["model"] = OrderedDict((k, pruned[k]) for k in state["model"])

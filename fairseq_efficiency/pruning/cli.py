@@ -112,13 +112,15 @@ def export_main(argv=None):
 
     import torch
 
-    from fairseq_efficiency.pruning.checkpoint import PruneError, atomic_save, build_from_checkpoint
+    from fairseq_efficiency.pruning.checkpoint import (PruneError, atomic_save, build_from_checkpoint,
+                                                       check_masks_hold)
     from fairseq_efficiency.pruning.export import export_state, saved_size
 
     try:
         if not 0.0 < args.max_density <= 1.0:
             raise ValueError(f"--max-density must be in (0, 1], got {args.max_density}")
         state, _task, model = build_from_checkpoint(args.checkpoint, args.data)
+        check_masks_hold(state, args.checkpoint)
         dense = export_state(state, max_density=0.0)  # same content, every tensor dense
         sparse = export_state(state, args.max_density)
         atomic_save(sparse, args.output, inputs=[args.checkpoint])

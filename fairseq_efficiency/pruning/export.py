@@ -21,6 +21,7 @@ from collections import OrderedDict
 
 import torch
 
+from fairseq_efficiency.checkpoint_state import strip_hook_states
 from fairseq_efficiency.pruning.masks import pack_bits, unpack_bits
 
 MAX_DENSITY = 0.9  # store tensors denser than this as they are
@@ -75,10 +76,7 @@ def export_state(state, max_density=MAX_DENSITY):
     from fairseq_efficiency.pruning.checkpoint import plain_cfg
 
     state = plain_cfg(state)
-    extra = dict(state.get("extra_state") or {})
-    for k in list(extra):  # pruning masks are implied by the zeros
-        if isinstance(extra[k], dict) and "hooks" in extra[k]:
-            extra.pop(k)
+    extra = strip_hook_states(state.get("extra_state"))  # pruning masks are implied by the zeros
     out = {k: v for k, v in state.items() if k not in ("model", "last_optimizer_state", "extra_state")}
     out["model"] = sparsify_state(state["model"], max_density)
     out["extra_state"] = extra

@@ -7,7 +7,8 @@ while training continues (retraining, See et al. 2016 section 3.4); with
 Zhu & Gupta 2017). Masks are saved in the checkpoint (task extra state) and
 restored on resume; a checkpoint written by ``fairseq-efficiency-prune`` brings
 its masks along in the same way: the hook is then built from the checkpoint even
-without pruning flags (``register_hook_factory(restores=...)``).
+without pruning flags (``register_hook_factory(restores=...)``), whatever
+``--reset-*`` flags are given. Only ``--prune-drop-masks`` drops them.
 """
 import logging
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
+from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.pruning.classes import find_weight_classes, split_patterns
@@ -61,8 +63,11 @@ class PruningConfig(FairseqDataclass):
         "help": "split each LSTM layer into feed-forward (W_ih) and recurrent (W_hh) classes"})
     prune_masks_from: Optional[str] = field(default=None, metadata={
         "help": "take the pruning masks from this checkpoint (e.g. the output of "
-                "fairseq-efficiency-prune; needed with --reset-dataloader, which makes "
-                "fairseq skip the task state of --restore-file)"})
+                "fairseq-efficiency-prune) when the restored checkpoint has none (or with "
+                "--prune-drop-masks); the masks of --restore-file are kept without this flag"})
+    prune_drop_masks: bool = field(default=False, metadata={
+        "help": "drop the pruning masks of the restored checkpoint: its pruned weights may "
+                "become non-zero again (masks are otherwise kept whatever --reset-* flags)"})
 
 
 def validate(cfg):
@@ -86,16 +91,32 @@ class PruningHook(EfficiencyHook):
         self.split_lstm = bool(cfg.prune_split_lstm)
         self.lr_scale = float(cfg.prune_lr_scale)
         self.masks_from = cfg.prune_masks_from
+        self.drop_masks = bool(getattr(cfg, "prune_drop_masks", False))
+        self.restore_path = None
         self.masks: Optional[MaskSet] = None
         self.events_done = 0
         self._dirty = False
         self._lr = None
         self._model_ref = None
 
+    def setup(self, task):
+        self.restore_path = getattr(task, "restore_path", None)
+
     # -- model -------------------------------------------------------------------------
     def on_model_built(self, model):
         if self.schedule or self.include or self.exclude:
             find_weight_classes(model, self.include, self.exclude, self.split_lstm)  # fail early
+
+    def on_train_model_built(self, model):
+        if self.masks_from and self.masks is None:  # fail before training, in one line
+            masks = load_masks(self.masks_from)
+            try:
+                masks.params(model)  # names and shapes must match
+            except ValueError as e:
+                raise MaskSourceError(f"--prune-masks-from {self.masks_from}: {e}") from e
+            self.masks, self._dirty = masks, True
+            logger.info("pruning masks from %s: %d tensors, sparsity %.4f", self.masks_from,
+                        len(masks), masks.sparsity())
 
     def prune(self, model, ratio):
         """One pruning event: new masks from the current weights, applied at once."""
@@ -118,10 +139,6 @@ class PruningHook(EfficiencyHook):
     # -- training loop -------------------------------------------------------------------
     def before_train_step(self, sample, model, update_num):
         self._model_ref = model
-        if self.masks_from and self.masks is None:  # training only (not at generation time)
-            self.masks = load_masks(self.masks_from)
-            self.masks.params(model)  # names and shapes must match
-            self._dirty = True
         if self._dirty and self.masks is not None:
             self.masks.apply_(model)
             self._dirty = False
@@ -165,36 +182,57 @@ class PruningHook(EfficiencyHook):
     def state_dict(self):
         if self.masks is None:
             return {}
-        return {"version": 1, "masks": self.masks.state_dict(), "events_done": self.events_done,
-                "scheme": self.scheme}
+        return hook_state(self.masks, self.scheme, self.events_done)
 
     def load_state_dict(self, state):
         if not state or "masks" not in state:
             return
-        self.masks = MaskSet.from_state_dict(state["masks"])
+        masks = MaskSet.from_state_dict(state["masks"])
+        source = self.restore_path or "the restored checkpoint"
+        if self.drop_masks:
+            logger.info("pruning masks of %s dropped (--prune-drop-masks): %d tensors, "
+                        "sparsity %.4f", source, len(masks), masks.sparsity())
+            return
+        if self.masks is not None and self.masks_from and not _same_masks(self.masks, masks):
+            logger.warning("--prune-masks-from %s ignored: %s carries its own pruning masks "
+                           "(add --prune-drop-masks to use the other file's)",
+                           self.masks_from, source)
+        self.masks = masks
         self.events_done = int(state.get("events_done", 0))
         self._dirty = True
-        logger.info("restored pruning masks: %d tensors, sparsity %.4f",
-                    len(self.masks), self.masks.sparsity())
+        logger.info("restored pruning masks from %s: %d tensors, sparsity %.4f, kept "
+                    "whatever --reset-* flags", source, len(masks), masks.sparsity())
+
+
+def _same_masks(a: MaskSet, b: MaskSet) -> bool:
+    return a.masks.keys() == b.masks.keys() and all(
+        torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+class MaskSourceError(checkpoint_state.CheckpointStateError):
+    """``--prune-masks-from`` names a file that cannot provide masks for this model."""
+
+
+def hook_state(masks: MaskSet, scheme: str, events_done: int = 0) -> dict:
+    """The pruning hook's checkpointed state (also written by ``fairseq-efficiency-prune``)."""
+    return {"version": 1, "masks": masks.state_dict(), "events_done": events_done,
+            "scheme": scheme}
 
 
 def hook_state_from_checkpoint(state) -> Optional[dict]:
-    """The pruning hook's state inside a loaded fairseq checkpoint dict, if any."""
-    extra = state.get("extra_state") or {}
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(value.get("hooks"), dict):
-            hs = value["hooks"].get(PruningHook.name)
-            if hs and "masks" in hs:
-                return hs
-    return None
+    """The pruning hook's state inside a loaded fairseq checkpoint dict, if it holds masks."""
+    hs = checkpoint_state.hook_states(state).get(PruningHook.name)
+    return hs if hs and "masks" in hs else None
 
 
 def load_masks(path) -> MaskSet:
-    from fairseq_efficiency.pruning.checkpoint import read_checkpoint
-
-    hs = hook_state_from_checkpoint(read_checkpoint(path))
-    if hs is None:
-        raise ValueError(f"--prune-masks-from {path}: the checkpoint holds no pruning masks")
+    """The masks saved in the checkpoint ``path`` (weights-only read of its extra state)."""
+    try:
+        hs = checkpoint_state.read_hook_states(path).get(PruningHook.name)
+    except checkpoint_state.CheckpointStateError as e:
+        raise MaskSourceError(f"--prune-masks-from {e}") from e
+    if not hs or "masks" not in hs:
+        raise MaskSourceError(f"--prune-masks-from {path}: the checkpoint holds no pruning masks")
     return MaskSet.from_state_dict(hs["masks"])
 
 
@@ -205,7 +243,9 @@ def build(cfg, restoring=False):
     if not hasattr(cfg, "prune_ratio"):
         return None
     if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from:
-        if getattr(cfg, "mesimp_interval", 0) > 0:
+        drop = getattr(cfg, "prune_drop_masks", False)
+        keeps = cfg.prune_ratio > 0 or cfg.prune_masks_from or not drop
+        if keeps and getattr(cfg, "mesimp_interval", 0) > 0:
             raise ValueError("pruning masks need fixed matrix shapes, which meSimp changes: "
                              "simplify first, then prune the meSimp checkpoint "
                              "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
