@@ -53,12 +53,13 @@ def build_from_checkpoint(path, data=None):
     return state, task, model
 
 
-def prune_model(model, scheme, ratio, include=(), exclude=(), split_lstm=False):
+def prune_model(model, scheme, ratio, include=(), exclude=(), split_lstm=False,
+                max_class_ratio=1.0):
     """``(classes, PruneResult, MaskSet)``; the model's pruned weights are zeroed."""
     classes = find_weight_classes(model, include, exclude, split_lstm)
     params = dict(model.named_parameters())
     tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
-    res = compute_masks(tensors, scheme, ratio)
+    res = compute_masks(tensors, scheme, ratio, max_class_ratio=max_class_ratio)
     masks = MaskSet(res.masks)
     masks.apply_(model)
     return classes, res, masks
@@ -77,7 +78,7 @@ def attach_masks(state, masks: MaskSet, scheme, fresh_start=True):
     task_state = dict(extra.get(TASK_KEY) or {})
     hooks = dict(task_state.get("hooks") or {})
     hooks["pruning"] = {"version": 1, "masks": masks.state_dict(), "events_done": 0,
-                        "scheme": scheme}
+                        "scheme": scheme, "trained_updates": trained_updates(state)}
     task_state["hooks"] = hooks
     extra[TASK_KEY] = task_state
     if fresh_start:
@@ -86,6 +87,13 @@ def attach_masks(state, masks: MaskSet, scheme, fresh_start=True):
         extra.pop("best", None)
     state["extra_state"] = extra
     return state
+
+
+def trained_updates(state):
+    """Updates the checkpoint's training ran (the retraining budget's reference), or None."""
+    history = state.get("optimizer_history") or []
+    n = history[-1].get("num_updates") if history and isinstance(history[-1], dict) else None
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def plain_cfg(state):
@@ -122,14 +130,15 @@ def atomic_save(obj, out_path, inputs=()):
 
 
 def prune_checkpoint(path, out_path, scheme, ratio, include=(), exclude=(), split_lstm=False,
-                     data=None):
+                     data=None, max_class_ratio=1.0):
     """Prune a checkpoint offline; returns ``(classes, PruneResult, MaskSet)``."""
     check_scheme(scheme)
     check_ratio(ratio)
     if os.path.abspath(path) == os.path.abspath(out_path):
         raise PruneError(f"refusing to overwrite the input checkpoint {path}; choose another -o")
     state, task, model = build_from_checkpoint(path, data)
-    classes, res, masks = prune_model(model, scheme, ratio, include, exclude, split_lstm)
+    classes, res, masks = prune_model(model, scheme, ratio, include, exclude, split_lstm,
+                                      max_class_ratio)
     pruned = model.state_dict()
     state["model"] = OrderedDict((k, pruned[k]) for k in state["model"])
     attach_masks(state, masks, scheme)

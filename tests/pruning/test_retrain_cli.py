@@ -1,0 +1,68 @@
+"""Prune and retrain in one command, and the recipe inside fairseq-train (through the CLIs)."""
+import os
+import re
+
+import pytest
+import torch
+
+from tests.helpers import run_cli, train_args
+from tests.pruning.test_cli import PRUNE_CLI, TASK, assert_masks_hold, load, masks_of
+
+
+def logged(out, key):
+    """Per-update values of ``key`` in fairseq's simple log (``--log-interval 1``)."""
+    return [float(v) for v in re.findall(rf"\b{key}=([0-9.e-]+)", out)]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_bin, tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("orig"))
+    run_cli("fairseq_cli.train", train_args(tiny_data_bin, d, *TASK, "--max-update", "12"))
+    return os.path.join(d, "checkpoint_last.pt")
+
+
+def test_prune_and_retrain_in_one_command(trained, tmp_path):
+    out = str(tmp_path / "p70.pt")
+    res = run_cli(PRUNE_CLI, [trained, "--scheme", "lamp", "--ratio", "0.7", "-o", out,
+                              "--retrain-fraction", "0.5", "--retrain", "--max-tokens", "800"])
+    text = res.stdout + res.stderr
+    assert "retraining for 6 updates:" in res.stdout
+    command = res.stdout.split("retraining for 6 updates:\n")[1].splitlines()[0]
+    # the original run's options, not restated by the user, are in the command
+    for flag in ("--arch lstm", "--optimizer adam", "--lr 0.005", "--encoder-hidden-size 16",
+                 "--prune-retrain-fraction 0.5", "--max-update 6", "--max-tokens 800"):
+        assert flag in command, flag
+    pruned = load(out)
+    masks = masks_of(pruned)
+    assert masks.sparsity() == pytest.approx(0.7, abs=1e-2)
+    rt_path = str(tmp_path / "p70-retrain" / "checkpoint_last.pt")
+    rt = load(rt_path)
+    assert rt["optimizer_history"][-1]["num_updates"] == 6
+    assert_masks_hold(rt, masks)  # pruned weights still exactly zero
+    assert any(not torch.equal(rt["model"][n], pruned["model"][n]) for n in masks.masks)
+    assert rt["cfg"]["model"].encoder_hidden_size == 16
+    assert rt["cfg"]["dataset"]["max_tokens"] == 800  # the extra flag wins
+    # the paper's shape: half of --lr 0.005, halved at 3, 3.75 -> 4, 4.5 -> 5 of 6 updates
+    assert logged(text, "retrain_lr") == pytest.approx([0.0025] * 3 + [0.00125, 0.000625,
+                                                                        0.0003125])
+    # a second run would overwrite the retraining checkpoints: refused, nothing written
+    res = run_cli(PRUNE_CLI, [trained, "-o", str(tmp_path / "again.pt"), "--retrain-dir",
+                              str(tmp_path / "p70-retrain"), "--retrain"], check=False)
+    assert res.returncode == 2 and "already holds checkpoints" in res.stderr
+    assert not os.path.exists(tmp_path / "again.pt")
+
+
+def test_recipe_during_training(tiny_data_bin, tmp_path):
+    d = str(tmp_path)
+    res = run_cli("fairseq_cli.train", train_args(
+        tiny_data_bin, d, *TASK, "--prune-ratio", "0.8", "--prune-at-update", "8",
+        "--prune-max-class-ratio", "0.9", "--prune-retrain-fraction", "0.5",
+        "--max-update", "12"))
+    out = res.stdout + res.stderr
+    assert "retraining after pruning" in out and "layer collapse" not in out
+    # updates 9..12 retrain (budget 4 = half of the 8 before pruning): halvings at 2, 2.5, 3
+    assert logged(out, "retrain_lr") == pytest.approx([0.0025, 0.0025, 0.00125, 0.0003125])
+    rows = re.findall(r"^(\S+)\s+\d+\s+\d+\s+([01]\.\d{4})\s", out, flags=re.M)
+    assert len(rows) > 4 and max(float(s) for c, s in rows if c != "total") <= 0.9
+    state = load(os.path.join(d, "checkpoint_last.pt"))
+    assert_masks_hold(state, masks_of(state))
