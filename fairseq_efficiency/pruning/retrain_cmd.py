@@ -115,7 +115,7 @@ def original_train_args(cfg, data=None) -> List[str]:
         if name:
             base += [flag, name]
     parser, defaults = _parse(base)
-    out = list(base)
+    rendered = {}
     for action in parser._actions:
         dest = action.dest
         if not action.option_strings or dest in _SKIP or dest.startswith("prune_") \
@@ -126,8 +126,21 @@ def original_train_args(cfg, data=None) -> List[str]:
             continue
         if dest.endswith("_valid") and value == flat.get(dest[:-len("_valid")]):
             continue  # fairseq copies --max-tokens/--batch-size into their *_valid twins
-        out += _render(action, value)
-    return out
+        tokens = _render(action, value)
+        if tokens:
+            rendered[dest] = tokens
+    # a value the architecture derives from others (e.g. --decoder-output-dim from the
+    # embedding size) is left to it when the command parses back to it without the flag
+    _, parsed = _parse(base + [t for ts in rendered.values() for t in ts])
+    derived = [d for d in rendered if _plain(getattr(parsed, d, None)) != flat[d]]
+    if derived:
+        trial = {d: ts for d, ts in rendered.items() if d not in derived}
+        _, parsed = _parse(base + [t for ts in trial.values() for t in ts])
+        for d in derived:
+            if _plain(getattr(parsed, d, None)) != flat[d]:
+                trial[d] = rendered[d]
+        rendered = trial
+    return base + [t for ts in rendered.values() for t in ts]
 
 
 def retrain_command(cfg, pruned_path: str, save_dir: str, budget: int, fraction: float,

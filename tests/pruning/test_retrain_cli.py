@@ -66,3 +66,38 @@ def test_recipe_during_training(tiny_data_bin, tmp_path):
     assert len(rows) > 4 and max(float(s) for c, s in rows if c != "total") <= 0.9
     state = load(os.path.join(d, "checkpoint_last.pt"))
     assert_masks_hold(state, masks_of(state))
+
+
+def assert_round_trip(path):
+    from fairseq import checkpoint_utils
+
+    from fairseq_efficiency.pruning.retrain_cmd import (_SKIP, _parse, _plain, flatten_cfg,
+                                                        original_train_args)
+
+    cfg = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]
+    args = original_train_args(cfg)
+    _, parsed = _parse(args)
+    flat = flatten_cfg(cfg)
+    differ = {k: (v, getattr(parsed, k)) for k, v in flat.items()
+              if hasattr(parsed, k) and k not in _SKIP and _plain(getattr(parsed, k)) != v}
+    assert differ == {}
+    return args
+
+
+def test_original_options_round_trip(trained, tiny_data_bin, tmp_path):
+    args = assert_round_trip(trained)
+    assert args[args.index("--encoder-hidden-size") + 1] == "16"
+    # a transformer trained with fairseq's own translation task, a warm-up scheduler and
+    # label smoothing: every option comes back, derived ones (--decoder-output-dim) left out
+    d = str(tmp_path)
+    run_cli("fairseq_cli.train", [
+        tiny_data_bin, "--cpu", "--task", "translation", "--arch", "transformer_iwslt_de_en",
+        "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim",
+        "32", "--decoder-ffn-embed-dim", "32", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--optimizer", "adam",
+        "--adam-betas", "(0.9, 0.98)", "--lr", "0.001", "--lr-scheduler", "inverse_sqrt",
+        "--warmup-updates", "4", "--criterion", "label_smoothed_cross_entropy",
+        "--label-smoothing", "0.1", "--max-tokens", "1000", "--max-update", "2",
+        "--save-dir", d, "--num-workers", "0", "--no-epoch-checkpoints"])
+    args = assert_round_trip(os.path.join(d, "checkpoint_last.pt"))
+    assert "--decoder-output-dim" not in args and "--label-smoothing" in args
