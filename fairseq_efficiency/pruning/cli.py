@@ -86,6 +86,9 @@ def prune_main(argv=None):
         ratio = check_ratio(args.ratio if args.ratio is not None else (0.9 if args.analyze else 0.8),
                             "--ratio")
         if args.analyze:
+            if args.retrain is not None:
+                raise PruneError("--analyze writes figures and prunes no checkpoint: "
+                                 "it cannot --retrain")
             check_ratio(args.map_ratio, "--map-ratio")
             schemes = (PAPER_SCHEMES if args.scheme in (None, "all")
                        else [check_scheme(args.scheme)])

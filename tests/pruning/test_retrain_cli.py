@@ -101,3 +101,18 @@ def test_original_options_round_trip(trained, tiny_data_bin, tmp_path):
         "--save-dir", d, "--num-workers", "0", "--no-epoch-checkpoints"])
     args = assert_round_trip(os.path.join(d, "checkpoint_last.pt"))
     assert "--decoder-output-dim" not in args and "--label-smoothing" in args
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--max-class-ratio", "0.5"], "--max-class-ratio 0.5 is below the pruning ratio 0.8"),
+    (["--retrain-fraction", "0", "--retrain"], "--retrain-fraction must be > 0"),
+    (["--analyze", "--retrain"], "it cannot --retrain"),
+])
+def test_offline_cap_and_retrain_errors_write_nothing(trained, tmp_path, capsys, extra, msg):
+    from fairseq_efficiency.pruning.cli import prune_main
+
+    assert prune_main([trained, "-o", str(tmp_path / "out.pt")] + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fairseq-efficiency-prune: error: ") and msg in err
+    assert err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
