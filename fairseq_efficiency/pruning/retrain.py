@@ -10,10 +10,10 @@ updates done since pruning::
                                      n(t) = 1 + floor((t - B/2) / (B/8)) after, at most 4
 
 ``lr0`` is the original run's (peak) learning rate, ``s`` the restart scale (0.5).
-The last value holds after the budget. The same shape serves Adam-trained models:
-restart at half the original peak learning rate, then the same halvings (Adam's steps
-scale with the learning rate just as SGD's do; a fresh Adam state needs no warm-up
-because its bias correction already makes the first steps ``lr``-sized).
+The last value holds after the budget. Adam-trained models get the same shape from
+half the original peak learning rate: Adam's step is proportional to its learning rate
+as SGD's is, so the restart and the halvings shrink it alike (a principled choice; the
+constants were not tuned for Adam by a measurement).
 """
 import logging
 from dataclasses import dataclass
