@@ -116,3 +116,18 @@ def test_hook_recipe_needs_masks_and_excludes_the_plain_lr_scale():
     with pytest.raises(ValueError, match="no pruning masks"):
         run(hook, Toy(), FakeOptimizer(Toy().parameters(), lr=0.1), 1)
     assert math.isclose(PruningConfig().prune_retrain_lr_scale, 0.5)
+
+
+def test_gradual_pruning_retrains_after_the_last_event():
+    torch.manual_seed(0)
+    model = Toy()
+    cfg = PruningConfig(prune_ratio=0.6, prune_steps=3, prune_at_update=10, prune_end_update=20,
+                        prune_retrain_fraction=0.5)
+    hook = PruningHook(cfg)
+    opt = CfgOptimizer(model.parameters(), lr=0.01, configured=0.04)
+    run(hook, model, opt, 26)
+    assert hook.events_done == 3
+    # scheduler LR through the events, then budget 5 (half of the 10 updates before pruning
+    # began) from the last event at update 20: halvings at 2.5, 3.125, 3.75, 4.375
+    assert opt.seen[:20] == [0.01] * 20
+    assert opt.seen[20:] == pytest.approx([0.02, 0.02, 0.02, 0.01, 0.0025, 0.00125])
