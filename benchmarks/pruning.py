@@ -9,7 +9,11 @@ masks kept (``fairseq-train --restore-file PRUNED --reset-optimizer``, half the
 learning rate as in the paper, ``--retrain-epochs`` epochs) and evaluates again.
 A control row continues training the *unpruned* baseline for the same number of
 epochs at the same learning rate, so the retrained rows are compared with a
-model that got the same extra training.
+model that got the same extra training. ``--recipe paper`` retrains (and trains the
+control) with the paper's recipe instead (``--prune-retrain-fraction``: 1/3 of the
+baseline's updates, the learning rate restarted at half and halved every 1/8 of the
+budget after half of it). A scheme written ``class-blind:0.9`` caps every class's pruned
+fraction at 0.9 (``--max-class-ratio``).
 
 Prints a markdown table of test BLEU (beam 4, sacrebleu on tokenized text),
 validation perplexity (no label smoothing) and the sparse export's size relative
@@ -30,7 +34,9 @@ from fairseq_efficiency.cli.demo import BASELINE_MODEL, BASELINE_OPTIM, DEMO_COR
 from fairseq_efficiency.cli.userdir import userdir
 from fairseq_efficiency.data.prepare import prepare
 from fairseq_efficiency.data.synthetic import CorpusConfig
-from fairseq_efficiency.pruning.checkpoint import build_from_checkpoint, prune_checkpoint
+from fairseq_efficiency.pruning.checkpoint import (build_from_checkpoint, prune_checkpoint,
+                                                   trained_updates)
+from fairseq_efficiency.pruning.retrain import PAPER_FRACTION
 from fairseq_efficiency.pruning.evaluate import bleu, perplexity
 from fairseq_efficiency.pruning.export import export_state, saved_size
 from fairseq_efficiency.pruning.schemes import SCHEMES
@@ -86,6 +92,10 @@ def main(argv=None):
     parser.add_argument("--retrain-lr-scale", type=float, default=0.5,
                         help="retraining LR = baseline LR x this (paper: 0.5)")
     parser.add_argument("--no-retrain", action="store_true")
+    parser.add_argument("--recipe", choices=["epochs", "paper"], default="epochs",
+                        help="epochs: --retrain-epochs at --retrain-lr-scale x the LR; paper: "
+                             "See et al.'s recipe for --retrain-fraction of the baseline's updates")
+    parser.add_argument("--retrain-fraction", type=float, default=PAPER_FRACTION)
     parser.add_argument("--retrain-ratios", default="0.4,0.6,0.8,0.9",
                         help="ratios at which class-blind is retrained (the paper's Fig. 6); "
                              "the other schemes are retrained at 0.8 (Fig. 3's comparison)")
@@ -114,6 +124,8 @@ def main(argv=None):
     if args.retrain_updates:
         retrain_args = _opt(retrain_args, "--max-epoch", 0) + ["--max-update", str(args.retrain_updates)]
     retrain_args += ["--reset-optimizer", "--reset-lr-scheduler", "--reset-meters"]
+    if args.recipe == "paper":  # budget known once the baseline exists (below)
+        retrain_args = None
     retrain_ratios = [float(r) for r in args.retrain_ratios.split(",") if r]
     results_path = os.path.join(args.workdir, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
@@ -130,6 +142,12 @@ def main(argv=None):
         results = {"baseline": evaluate(base_ckpt, args.beam)}
         save()
     print("baseline", results["baseline"], flush=True)
+    if retrain_args is None:
+        budget = max(1, round(args.retrain_fraction * trained_updates(
+            torch.load(base_ckpt, map_location="cpu", weights_only=False))))
+        retrain_args = _opt(base_args, "--max-epoch", 0) + [
+            "--max-update", str(budget), "--prune-retrain-fraction", str(args.retrain_fraction),
+            "--reset-optimizer", "--reset-lr-scheduler", "--reset-meters"]
     if not args.no_retrain and "control" not in results:
         # the unpruned model trained for the same extra epochs (masks: none)
         pruned0 = os.path.join(args.workdir, "pruned-0.pt")
@@ -139,22 +157,24 @@ def main(argv=None):
                            os.path.join(args.workdir, "control.log"), args.threads)
         results["control"] = evaluate(path, args.beam)
         save()
-    for scheme in schemes:
+    for spec in schemes:
+        scheme, _, cap = spec.partition(":")
         for ratio in ratios:
-            key = f"{scheme}@{ratio}"
+            key = f"{spec}@{ratio}"
             row = results.get(key, {})
-            pruned = os.path.join(args.workdir, f"pruned-{scheme}-{ratio}.pt")
+            pruned = os.path.join(args.workdir, f"pruned-{spec}-{ratio}.pt")
             if "pruned" not in row:
-                prune_checkpoint(base_ckpt, pruned, scheme, ratio)
+                prune_checkpoint(base_ckpt, pruned, scheme, ratio,
+                                 max_class_ratio=float(cap) if cap else 1.0)
                 row["pruned"] = evaluate(pruned, args.beam)
                 results[key] = row
                 save()
             wanted = args.retrain_all or abs(ratio - 0.8) < 1e-9 or (
                 scheme == "class-blind" and any(abs(ratio - r) < 1e-9 for r in retrain_ratios))
             if not args.no_retrain and wanted and "retrained" not in row:
-                save_dir = os.path.join(ck, f"{scheme}-{ratio}")
+                save_dir = os.path.join(ck, f"{spec}-{ratio}")
                 path, wall = train(data_bin, save_dir, retrain_args + ["--restore-file", pruned],
-                                   os.path.join(args.workdir, f"retrain-{scheme}-{ratio}.log"),
+                                   os.path.join(args.workdir, f"retrain-{spec}-{ratio}.log"),
                                    args.threads)
                 row["retrained"] = evaluate(path, args.beam)
                 results[key] = row

@@ -1,7 +1,10 @@
 """Magnitude pruning of NMT models (See, Luong & Manning 2016).
 
 * :mod:`.classes` — weight classes (paper Fig. 2) found from parameter names/module types;
-* :mod:`.schemes` — class-blind / class-uniform / class-distribution masks (sec. 3.3);
+* :mod:`.schemes` — class-blind / class-uniform / class-distribution masks (sec. 3.3), LAMP
+  (Lee et al. 2021) and a per-class cap;
+* :mod:`.retrain` — the retraining learning-rate recipe (sec. 3.4); :mod:`.retrain_cmd` — the
+  ``fairseq-train`` command that retrains a pruned checkpoint with its original options;
 * :mod:`.masks` — masks enforced on weights, gradients and optimizer state (sec. 3.4);
 * :mod:`.hook` — ``--prune-*`` flags of the ``translation_efficiency`` task;
 * :mod:`.checkpoint` / :mod:`.cli` — ``fairseq-efficiency-prune`` (offline pruning,

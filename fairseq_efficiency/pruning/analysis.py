@@ -20,7 +20,7 @@ from torch import nn
 
 from fairseq_efficiency.pruning.classes import find_weight_classes
 from fairseq_efficiency.pruning.evaluate import perplexity
-from fairseq_efficiency.pruning.schemes import SCHEMES, compute_masks
+from fairseq_efficiency.pruning.schemes import PAPER_SCHEMES, compute_masks
 
 GATES = ("i", "f", "h_hat", "o")  # torch's row blocks i, f, g, o
 
@@ -33,7 +33,7 @@ def _write_csv(path, rows):
     return path
 
 
-def class_breakdown(task, model, ratio, schemes=SCHEMES, split="valid", include=(), exclude=(),
+def class_breakdown(task, model, ratio, schemes=PAPER_SCHEMES, split="valid", include=(), exclude=(),
                     split_lstm=False):
     """Rows ``{class, weights, base_ppl, <scheme> pruned, <scheme> dppl}`` (Figure 4)."""
     classes = find_weight_classes(model, include, exclude, split_lstm)

@@ -53,12 +53,13 @@ def build_from_checkpoint(path, data=None):
     return state, task, model
 
 
-def prune_model(model, scheme, ratio, include=(), exclude=(), split_lstm=False):
+def prune_model(model, scheme, ratio, include=(), exclude=(), split_lstm=False,
+                max_class_ratio=1.0):
     """``(classes, PruneResult, MaskSet)``; the model's pruned weights are zeroed."""
     classes = find_weight_classes(model, include, exclude, split_lstm)
     params = dict(model.named_parameters())
     tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
-    res = compute_masks(tensors, scheme, ratio)
+    res = compute_masks(tensors, scheme, ratio, max_class_ratio=max_class_ratio)
     masks = MaskSet(res.masks)
     masks.apply_(model)
     return classes, res, masks
@@ -72,7 +73,8 @@ def attach_masks(state, masks: MaskSet, scheme, fresh_start=True):
     the pruned model as a new phase and hands the masks to the pruning hook
     (whatever ``--reset-*`` flags are given; ``--prune-drop-masks`` drops them).
     """
-    checkpoint_state.set_hook_states(state, {PruningHook.name: hook_state(masks, scheme)})
+    checkpoint_state.set_hook_states(state, {PruningHook.name: hook_state(
+        masks, scheme, trained_updates=trained_updates(state))})
     if fresh_start:
         extra = state["extra_state"]
         extra["train_iterator"] = {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True,
@@ -103,6 +105,13 @@ def check_masks_hold(state, path):
         raise PruneError(f"{path}: {revived} of its {pruned} pruned weights are non-zero again "
                          "(trained without its masks); prune the checkpoint it was "
                          "fine-tuned from, or retrain it with --prune-drop-masks to drop them")
+
+
+def trained_updates(state):
+    """Updates the checkpoint's training ran (the retraining budget's reference), or None."""
+    history = state.get("optimizer_history") or []
+    n = history[-1].get("num_updates") if history and isinstance(history[-1], dict) else None
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def plain_cfg(state):
@@ -139,7 +148,7 @@ def atomic_save(obj, out_path, inputs=()):
 
 
 def prune_checkpoint(path, out_path, scheme, ratio, include=(), exclude=(), split_lstm=False,
-                     data=None):
+                     data=None, max_class_ratio=1.0):
     """Prune a checkpoint offline; returns ``(classes, PruneResult, MaskSet)``."""
     check_scheme(scheme)
     check_ratio(ratio)
@@ -147,7 +156,8 @@ def prune_checkpoint(path, out_path, scheme, ratio, include=(), exclude=(), spli
         raise PruneError(f"refusing to overwrite the input checkpoint {path}; choose another -o")
     state, task, model = build_from_checkpoint(path, data)
     check_masks_hold(state, path)
-    classes, res, masks = prune_model(model, scheme, ratio, include, exclude, split_lstm)
+    classes, res, masks = prune_model(model, scheme, ratio, include, exclude, split_lstm,
+                                      max_class_ratio)
     pruned = model.state_dict()
     state["model"] = OrderedDict((k, pruned[k]) for k in state["model"])
     attach_masks(state, masks, scheme)

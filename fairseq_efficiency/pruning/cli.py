@@ -5,7 +5,9 @@
     fairseq checkpoint (pruned weights are zeros) that ``fairseq-generate``
     loads directly; its masks sit in the task extra state, so
     ``fairseq-train --task translation_efficiency --restore-file OUT
-    --reset-optimizer ...`` retrains with them kept (sec. 3.4).
+    --reset-optimizer ...`` retrains with them kept (sec. 3.4). ``--retrain
+    [fairseq-train flags]`` (last) runs that retraining at once with the paper's
+    recipe and the checkpoint's own training options.
 
 ``fairseq-efficiency-prune CHECKPOINT --analyze -o DIR [--ratio 0.9]``
     writes the paper's Figure 4 (perplexity increase when each class alone is
@@ -20,7 +22,8 @@ import logging
 import os
 import sys
 
-from fairseq_efficiency.pruning.schemes import SCHEMES
+from fairseq_efficiency.pruning.retrain import PAPER_FRACTION
+from fairseq_efficiency.pruning.schemes import PAPER_SCHEMES, SCHEMES
 
 
 def _setup_logging():
@@ -58,19 +61,37 @@ def prune_main(argv=None):
     parser.add_argument("--map-ratio", type=float, default=0.8,
                         help="pruning ratio of the Fig. 8 weight maps (default 0.8, as in the paper)")
     parser.add_argument("--split", default="valid", help="data split for --analyze perplexities")
+    parser.add_argument("--max-class-ratio", type=float, default=1.0,
+                        help="prune at most this fraction of any one weight class (>= --ratio)")
+    parser.add_argument("--retrain-fraction", type=float, default=PAPER_FRACTION,
+                        help="with --retrain: retraining budget as a fraction of the updates "
+                             "the checkpoint was trained (default 1/3, See et al. 2016)")
+    parser.add_argument("--retrain-dir", default=None,
+                        help="with --retrain: save directory of the retraining run "
+                             "(default: OUTPUT without .pt, plus -retrain)")
+    parser.add_argument("--retrain", nargs=argparse.REMAINDER, default=None,
+                        metavar="FAIRSEQ_TRAIN_FLAGS",
+                        help="after pruning, retrain OUTPUT with fairseq-train (the checkpoint's "
+                             "own data, model and optimizer options, the paper's retraining "
+                             "schedule, pruned weights kept at zero); flags after it go to "
+                             "fairseq-train. Must come last")
     args = parser.parse_args(argv)
     _setup_logging()
 
     from fairseq_efficiency.pruning.checkpoint import PruneError, build_from_checkpoint, prune_checkpoint
-    from fairseq_efficiency.pruning.report import format_class_table
-    from fairseq_efficiency.pruning.schemes import check_ratio, check_scheme
+    from fairseq_efficiency.pruning.report import collapse_warnings, format_class_table
+    from fairseq_efficiency.pruning.schemes import check_class_cap, check_ratio, check_scheme
 
     try:
         ratio = check_ratio(args.ratio if args.ratio is not None else (0.9 if args.analyze else 0.8),
                             "--ratio")
         if args.analyze:
+            if args.retrain is not None:
+                raise PruneError("--analyze writes figures and prunes no checkpoint: "
+                                 "it cannot --retrain")
             check_ratio(args.map_ratio, "--map-ratio")
-            schemes = SCHEMES if args.scheme in (None, "all") else [check_scheme(args.scheme)]
+            schemes = (PAPER_SCHEMES if args.scheme in (None, "all")
+                       else [check_scheme(args.scheme)])
             out_dir = os.path.abspath(args.output)
             if os.path.isfile(out_dir):
                 raise PruneError(f"--analyze writes a directory, {args.output} is a file")
@@ -86,15 +107,37 @@ def prune_main(argv=None):
             print(f"wrote {len(written)} files into {out_dir}")
             return 0
         scheme = check_scheme(args.scheme or "class-blind")
+        check_class_cap(args.max_class_ratio, ratio, "--max-class-ratio")
+        retrain = None
+        if args.retrain is not None:
+            from fairseq_efficiency.pruning.checkpoint import read_checkpoint
+            from fairseq_efficiency.pruning.retrain_cmd import plan_retrain
+
+            save_dir = args.retrain_dir or os.path.splitext(args.output)[0] + "-retrain"
+            retrain = plan_retrain(read_checkpoint(args.checkpoint), args.output, save_dir,
+                                   args.retrain_fraction, args.retrain, args.data)
         classes, res, masks = prune_checkpoint(args.checkpoint, args.output, scheme, ratio,
                                                args.include, args.exclude, args.split_lstm,
-                                               args.data)
+                                               args.data, args.max_class_ratio)
     except (PruneError, ValueError) as e:
         return _fail(prog, str(e))
     print(f"{scheme} pruning, ratio {ratio}")
     print(format_class_table(classes, masks, res.thresholds))
+    for line in collapse_warnings(classes, masks):
+        sys.stderr.write(f"{prog}: warning: {line}\n")
     print(f"wrote {args.output}")
+    if retrain is not None:
+        return _run_retrain(*retrain)
     return 0
+
+
+def _run_retrain(cmd, budget):
+    import subprocess
+
+    from fairseq_efficiency.pruning.retrain_cmd import display
+
+    print(f"retraining for {budget} updates:\n{display(cmd)}", flush=True)
+    return subprocess.call(cmd)
 
 
 def export_main(argv=None):

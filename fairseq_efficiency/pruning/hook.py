@@ -4,7 +4,8 @@
 weights with scheme ``S`` once ``N`` updates are done, then keeps them at zero
 while training continues (retraining, See et al. 2016 section 3.4); with
 ``--prune-steps K --prune-end-update M`` it prunes gradually (cubic schedule,
-Zhu & Gupta 2017). Masks are saved in the checkpoint (task extra state) and
+Zhu & Gupta 2017); ``--prune-retrain-fraction F`` then retrains with the paper's
+learning-rate recipe (:mod:`.retrain`). Masks are saved in the checkpoint (task extra state) and
 restored on resume; a checkpoint written by ``fairseq-efficiency-prune`` brings
 its masks along in the same way: the hook is then built from the checkpoint even
 without pruning flags (``register_hook_factory(restores=...)``), whatever
@@ -24,9 +25,11 @@ from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.pruning.classes import find_weight_classes, split_patterns
 from fairseq_efficiency.pruning.masks import MaskSet, unwrap_model
-from fairseq_efficiency.pruning.report import format_class_table
+from fairseq_efficiency.pruning.report import collapse_warnings, format_class_table
+from fairseq_efficiency.pruning.retrain import DECAYS, PAPER_LR_SCALE, Retraining
 from fairseq_efficiency.pruning.schedule import pruning_schedule
-from fairseq_efficiency.pruning.schemes import SCHEMES, check_ratio, check_scheme, compute_masks
+from fairseq_efficiency.pruning.schemes import (SCHEMES, check_class_cap, check_ratio, check_scheme,
+                                                compute_masks)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,12 @@ class PruningConfig(FairseqDataclass):
     prune_scheme: ChoiceEnum(SCHEMES) = field(default="class-blind", metadata={
         "help": "class-blind: one magnitude threshold for all weights; class-uniform: the same "
                 "fraction in every weight class; class-distribution: threshold lambda*sigma_c "
-                "per class (See et al. 2016, sec. 3.3)"})
+                "per class (See et al. 2016, sec. 3.3); lamp: one threshold on layer-adaptive "
+                "scores w_u^2 / sum_{v>=u} w_v^2 that never empties a layer (Lee et al. 2021)"})
+    prune_max_class_ratio: float = field(default=1.0, metadata={
+        "help": "prune at most this fraction of any one weight class (class-blind, "
+                "class-distribution, lamp); the rest of the budget goes to the other classes. "
+                "Must be >= --prune-ratio"})
     prune_at_update: int = field(default=0, metadata={
         "help": "prune once this many updates are done (one-shot, as in the paper); first "
                 "event of the gradual schedule with --prune-steps > 1"})
@@ -54,6 +62,17 @@ class PruningConfig(FairseqDataclass):
         "help": "while pruning masks are active (from the first pruning event on, or from a "
                 "restored pruned checkpoint), multiply the learning rate the LR scheduler gives "
                 "by this factor at every step (the paper retrains with half the LR)"})
+    prune_retrain_fraction: float = field(default=0.0, metadata={
+        "help": "retrain with the paper's recipe (See et al. 2016, sec. 3.4) for this fraction "
+                "of the updates trained before pruning (paper: 1/3, 4 epochs after 12): the "
+                "learning rate restarts at --prune-retrain-lr-scale x --lr and is halved every "
+                "1/8 of the budget after half of it, overriding the LR scheduler; 0: off"})
+    prune_retrain_updates: int = field(default=0, metadata={
+        "help": "retraining budget in updates (instead of --prune-retrain-fraction)"})
+    prune_retrain_lr_scale: float = field(default=PAPER_LR_SCALE, metadata={
+        "help": "retraining restarts at this fraction of the configured --lr (paper: 0.5)"})
+    prune_retrain_decay: ChoiceEnum(DECAYS) = field(default="halving", metadata={
+        "help": "halving: the paper's schedule; none: constant retraining learning rate"})
     prune_include: Optional[str] = field(default=None, metadata={
         "help": "comma-separated regexes: prune only parameters whose name matches one "
                 "(default: all weight matrices and embeddings, no biases or norms)"})
@@ -76,6 +95,7 @@ def validate(cfg):
     check_scheme(str(getattr(cfg, "prune_scheme", "class-blind")))
     if cfg.prune_lr_scale <= 0:
         raise ValueError(f"--prune-lr-scale must be > 0, got {cfg.prune_lr_scale}")
+    check_class_cap(getattr(cfg, "prune_max_class_ratio", 1.0), cfg.prune_ratio)
     return pruning_schedule(cfg.prune_ratio, cfg.prune_at_update, cfg.prune_steps,
                             cfg.prune_end_update)
 
@@ -93,6 +113,16 @@ class PruningHook(EfficiencyHook):
         self.masks_from = cfg.prune_masks_from
         self.drop_masks = bool(getattr(cfg, "prune_drop_masks", False))
         self.restore_path = None
+        self.max_class_ratio = float(getattr(cfg, "prune_max_class_ratio", 1.0))
+        self.retrain = Retraining.from_cfg(cfg)
+        if self.retrain is not None and self.lr_scale != 1.0:
+            raise ValueError("--prune-lr-scale and the retraining recipe (--prune-retrain-*) both "
+                             "set the learning rate: use --prune-retrain-lr-scale")
+        # updates trained before pruning (the retraining budget's reference)
+        self.trained_updates = self.schedule[0][0] if self.schedule else None
+        if self.retrain is not None and self.trained_updates == 0 and not self.retrain.updates:
+            raise ValueError("--prune-retrain-fraction is a fraction of the updates before "
+                             "pruning, and --prune-at-update is 0: give --prune-retrain-updates")
         self.masks: Optional[MaskSet] = None
         self.events_done = 0
         self._dirty = False
@@ -125,7 +155,7 @@ class PruningHook(EfficiencyHook):
         params = dict(model.named_parameters())
         tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
         prev = self.masks.masks if self.masks is not None else None
-        res = compute_masks(tensors, self.scheme, ratio, prev)
+        res = compute_masks(tensors, self.scheme, ratio, prev, self.max_class_ratio)
         if self.masks is not None:  # keep masks of parameters outside the current classes
             for n, m in self.masks.masks.items():
                 res.masks.setdefault(n, m)
@@ -134,11 +164,17 @@ class PruningHook(EfficiencyHook):
         logger.info("pruning event %d: %s, target %.4f, sparsity now %.4f\n%s",
                     self.events_done + 1, self.scheme, ratio, self.masks.sparsity(),
                     format_class_table(classes, self.masks, res.thresholds))
+        for line in collapse_warnings(classes, self.masks):
+            logger.warning("pruning: %s", line)
         return res
 
     # -- training loop -------------------------------------------------------------------
     def before_train_step(self, sample, model, update_num):
         self._model_ref = model
+        if self.retrain is not None and self.masks is None and not self.schedule:
+            raise ValueError("--prune-retrain-* retrains a pruned model, but there are no pruning "
+                             "masks: give --prune-ratio, --prune-masks-from, or --restore-file "
+                             "with a checkpoint written by fairseq-efficiency-prune")
         if self._dirty and self.masks is not None:
             self.masks.apply_(model)
             self._dirty = False
@@ -147,6 +183,8 @@ class PruningHook(EfficiencyHook):
             with torch.no_grad():
                 self.prune(model, self.schedule[due[-1]][1])
             self.events_done = due[-1] + 1
+            if self.retrain is not None and self.events_done == len(self.schedule):
+                self.retrain.begin(update_num)  # retraining starts at the last event
 
     def after_train_step(self, out):
         if self.masks is not None and self._model_ref is not None:
@@ -157,7 +195,13 @@ class PruningHook(EfficiencyHook):
             return
         self.masks.mask_grads_(model)
         self.masks.mask_optimizer_(optimizer, model, grads=True)
-        if self.lr_scale != 1.0:
+        if self.retrain is not None:
+            if self.events_done < len(self.schedule):  # gradual pruning not finished yet
+                return
+            self.retrain.trained_updates = self.trained_updates
+            self._lr = optimizer.get_lr()
+            optimizer.set_lr(self.retrain.lr(optimizer, update_num, self._lr))
+        elif self.lr_scale != 1.0:
             self._lr = optimizer.get_lr()
             optimizer.set_lr(self._lr * self.lr_scale)
 
@@ -177,12 +221,17 @@ class PruningHook(EfficiencyHook):
     def reduce_metrics(self, logging_outputs):
         if self.masks is not None:
             metrics.log_scalar("sparsity", self.masks.sparsity(), weight=0, round=4)
+            if self.retrain is not None and self.retrain.last_lr is not None:
+                metrics.log_scalar("retrain_lr", self.retrain.last_lr, weight=0, round=8)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self):
         if self.masks is None:
             return {}
-        return hook_state(self.masks, self.scheme, self.events_done)
+        state = hook_state(self.masks, self.scheme, self.events_done, self.trained_updates)
+        if self.retrain is not None:
+            state.update(self.retrain.state_dict())
+        return state
 
     def load_state_dict(self, state):
         if not state or "masks" not in state:
@@ -199,6 +248,10 @@ class PruningHook(EfficiencyHook):
                            self.masks_from, source)
         self.masks = masks
         self.events_done = int(state.get("events_done", 0))
+        if state.get("trained_updates") is not None:
+            self.trained_updates = int(state["trained_updates"])
+        if self.retrain is not None:
+            self.retrain.load_state_dict(state)
         self._dirty = True
         logger.info("restored pruning masks from %s: %d tensors, sparsity %.4f, kept "
                     "whatever --reset-* flags", source, len(masks), masks.sparsity())
@@ -213,10 +266,11 @@ class MaskSourceError(checkpoint_state.CheckpointStateError):
     """``--prune-masks-from`` names a file that cannot provide masks for this model."""
 
 
-def hook_state(masks: MaskSet, scheme: str, events_done: int = 0) -> dict:
+def hook_state(masks: MaskSet, scheme: str, events_done: int = 0,
+               trained_updates: Optional[int] = None) -> dict:
     """The pruning hook's checkpointed state (also written by ``fairseq-efficiency-prune``)."""
     return {"version": 1, "masks": masks.state_dict(), "events_done": events_done,
-            "scheme": scheme}
+            "scheme": scheme, "trained_updates": trained_updates}
 
 
 def hook_state_from_checkpoint(state) -> Optional[dict]:
@@ -242,7 +296,8 @@ def build(cfg, restoring=False):
     checkpoint carries masks, so that retraining a pruned model keeps its sparsity."""
     if not hasattr(cfg, "prune_ratio"):
         return None
-    if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from:
+    retrain = getattr(cfg, "prune_retrain_fraction", 0) or getattr(cfg, "prune_retrain_updates", 0)
+    if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from or retrain:
         drop = getattr(cfg, "prune_drop_masks", False)
         keeps = cfg.prune_ratio > 0 or cfg.prune_masks_from or not drop
         if keeps and getattr(cfg, "mesimp_interval", 0) > 0:

@@ -1,5 +1,7 @@
 """Per-class sparsity tables (logged at every pruning event)."""
-from typing import Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
+
+COLLAPSE = 0.95  # a class that loses more than this fraction of its weights is flagged
 
 
 def class_stats(classes: Mapping[str, Sequence[str]], masks) -> list:
@@ -21,7 +23,17 @@ def format_class_table(classes, masks, thresholds: Optional[Mapping[str, float]]
     for c, pruned, total in rows:
         thr = thresholds.get(c)
         lines.append(f"{c:<{w}} {total:>10d} {pruned:>10d} {pruned / max(total, 1):>8.4f} "
-                     + (f"{thr:>9.3g}" if thr is not None else f"{'-':>9}"))
+                     + (f"{thr:>9.3g}" if thr is not None else f"{'-':>9}")
+                     + ("  !" if pruned > COLLAPSE * total else ""))
     tp, tt = sum(r[1] for r in rows), sum(r[2] for r in rows)
     lines.append(f"{'total':<{w}} {tt:>10d} {tp:>10d} {tp / max(tt, 1):>8.4f} {'':>9}")
     return "\n".join(lines)
+
+
+def collapse_warnings(classes, masks, limit: float = COLLAPSE) -> List[str]:
+    """One line per class that lost more than ``limit`` of its weights (marked ``!`` in the
+    table): such a layer barely passes a signal any more (layer collapse)."""
+    return [f"class {c} lost {pruned / total:.1%} of its {total} weights (more than "
+            f"{limit:.0%}, layer collapse): the lamp scheme or a max-class-ratio cap "
+            "keeps every class alive"
+            for c, pruned, total in class_stats(classes, masks) if total and pruned > limit * total]
