@@ -314,10 +314,12 @@ class Runner:
                     if len(running) >= self.jobs:
                         break
                     dep = f"{r.method.after}.seed{r.seed}" if r.method.after else None
-                    if dep and status.get(dep) in ("failed", "blocked"):
+                    if dep and (status.get(dep) in ("failed", "blocked") or (
+                            dep not in by_name and not os.path.isfile(
+                                os.path.join(self.out, dep, "done.json")))):
                         status[r.name] = "blocked"
                         pending.remove(r)
-                        self.log(f"[bench] {r.name}: not run ({dep} failed)")
+                        self.log(f"[bench] {r.name}: not run ({dep} has not finished)")
                         continue
                     if dep and dep in by_name and status.get(dep) not in ("done", "skipped"):
                         continue

@@ -16,6 +16,8 @@ def main(argv=None):
     p.add_argument("spec", help="TOML spec (e.g. benchmarks/specs/demo.toml)")
     p.add_argument("--out", default=None, help="results directory (default: bench/SPEC-NAME)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods to run (default: all; the report covers all)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--no-report", action="store_true")
     args = p.parse_args(argv)
@@ -32,6 +34,13 @@ def main(argv=None):
         spec = load_spec(args.spec)
     except SpecError as e:
         p.exit(2, f"fairseq-efficiency-bench: error: {e}\n")
+    if args.methods:
+        names = [m.name for m in spec.methods]
+        wanted = [m for m in args.methods.split(",") if m]
+        unknown = [m for m in wanted if m not in names]
+        if unknown:
+            p.exit(2, f"fairseq-efficiency-bench: error: unknown method {unknown[0]} "
+                      f"(spec has {', '.join(names)})\n")
     out = args.out or os.path.join("bench", spec.name)
     runner = Runner(spec, out, args.jobs, log=lambda s: print(s, flush=True))
     if args.dry_run:
@@ -46,14 +55,18 @@ def main(argv=None):
         data = runner.prepare_data()
     except SpecError as e:
         p.exit(2, f"fairseq-efficiency-bench: error: {e}\n")
-    status = runner.run_all(plan(spec, out, data))
+    runs = plan(spec, out, data)
+    if args.methods:
+        runs = [r for r in runs if r.method.name in wanted]
+    status = runner.run_all(runs)
     failed = sorted(k for k, v in status.items() if v in ("failed", "blocked"))
     if not args.no_report:
         report_dir = os.path.join(out, "report")
         try:
             doc = build_report([os.path.join(out, f"{m.name}.seed{s}") for m in spec.methods
-                                for s in spec.seeds if status.get(f"{m.name}.seed{s}") in
-                                ("done", "skipped")] or [out],
+                                for s in spec.seeds
+                                if os.path.isfile(os.path.join(out, f"{m.name}.seed{s}", "done.json"))]
+                               or [out],
                                report_dir, baseline=spec.baseline, target_loss=spec.target_loss,
                                bleu_subset=spec.gen_subset)
         except LogError as e:

@@ -21,6 +21,7 @@ def build_report(paths: Sequence[str], out_dir: str, baseline: Optional[str] = N
         raise LogError(f"--baseline {baseline}: no such method (have: {', '.join(methods)})")
     if baseline is None:
         baseline = "baseline" if "baseline" in methods else next(iter(methods))
+    methods = {baseline: methods[baseline], **methods}  # the baseline's row first
     for r in runs:
         load_extras(r, bleu_subset, checkpoints)
     if target_loss is not None:
