@@ -16,9 +16,16 @@ SPECS = os.path.join(ROOT, "benchmarks", "specs")
 
 
 @pytest.mark.parametrize("spec", sorted(f for f in os.listdir(SPECS) if f.endswith(".toml")))
-def test_every_example_spec_loads(spec):
+def test_every_example_spec_parses_with_fairseq_and_the_plugin(spec, tiny_data_bin, tmp_path):
+    from fairseq import options
+
     s = load_spec(os.path.join(SPECS, spec))
     assert s.methods and s.seeds and s.baseline == s.methods[0].name
+    for run in plan(s, str(tmp_path), tiny_data_bin)[:: len(s.seeds)]:
+        args = options.parse_args_and_arch(options.get_training_parser(), run.train_cmd[3:])
+        assert args.task == "translation_efficiency" and args.seed == s.seeds[0]
+        if run.generate_cmd:
+            options.parse_args_and_arch(options.get_generation_parser(), run.generate_cmd[3:])
 
 
 @pytest.mark.parametrize("text,message", [
