@@ -1,7 +1,8 @@
 """Reading fairseq ``--log-format json`` training logs into learning curves.
 
-Both forms fairseq writes are read: the console form
-(``2026-01-01 10:00:00 | INFO | train_inner | {"epoch": 1, ...}``) and the bare
+The forms fairseq writes are read: the console form
+(``2026-01-01 10:00:00 | INFO | train_inner | {"epoch": 1, ...}``), hydra's
+(``[2026-01-01 10:00:00,000][train_inner][INFO] - {...}``) and the bare
 ``--log-file`` form (``{"epoch": 1, ...}``, record kind told apart by its keys).
 Records used (values are strings in fairseq's json, parsed as floats):
 
@@ -22,7 +23,8 @@ boundary with the window's mean). AutoAssist's own ``boss_tok`` metric counts
 source + target tokens and is plotted as a technique curve, not used here.
 
 **Resumed runs** (fairseq appends to ``--log-file``): each process start
-(fairseq's config line) opens a segment; records of earlier segments past the
+(fairseq's config line or its checkpoint-loading line; failing both, updates or
+``wall`` going back) opens a segment; records of earlier segments past the
 update of the checkpoint it loaded (``Loaded checkpoint ... @ N updates``; 0
 when none was loaded) are dropped, and its ``wall`` (which restarts at 0 in each
 process) continues from the last kept record, so time spent on updates that
@@ -47,10 +49,12 @@ TECHNIQUE_METRICS = {
     "ds_expected_keep": "dynamic sampling expected keep",
 }
 
-_JSON = re.compile(r'^(?:.*? \| ([\w.-]+) \| )?(\{".*\})\s*$')
+# console: "DATE | INFO | train_inner | {...}"; hydra: "[DATE][train_inner][INFO] - {...}";
+# --log-file: "{...}"
+_JSON = re.compile(r'^(?:.*? \| ([\w.-]+) \| |\[[^\]]*\]\[([\w.-]+)\]\[\w+\] - )?(\{".*\})\s*$')
 _CONFIG = re.compile(r"^(?:.*? \| )?(\{'_name': .*\})\s*$")
 _SAVE_DIR = re.compile(r"'checkpoint': \{[^{}]*?'save_dir': '([^']*)'")
-_LOADED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+_LOADED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)|(No existing checkpoint found)")
 MAX_LINE = 1 << 20  # longer lines are not fairseq records
 
 
@@ -133,7 +137,7 @@ def _kind(tag, rec, subset):
 
 def parse_log(text: str, subset: str = "valid") -> Curves:
     """Curves of a fairseq json log (``subset``: the validation subset reported)."""
-    curves = Curves()
+    curves = Curves(segments=1)
     train: List[TrainPoint] = []
     valid: List[ValidPoint] = []
     new_segment, loaded_at = True, 0.0
@@ -145,25 +149,26 @@ def parse_log(text: str, subset: str = "valid") -> Curves:
             continue
         m = _CONFIG.match(line)
         if m:
+            curves.segments += not new_segment
             new_segment, loaded_at = True, 0.0
-            curves.segments += 1
             sd = _SAVE_DIR.search(m.group(1))
             curves.save_dir = sd.group(1) if sd else None
             continue
         m = _LOADED.search(line)
-        if m:
-            loaded_at = float(m.group(1))
+        if m:  # a process start without a config line (e.g. hydra's log format)
+            curves.segments += not new_segment
+            new_segment, loaded_at = True, float(m.group(1) or 0)
             continue
         m = _JSON.match(line)
         if not m:
             continue
         try:
-            rec = json.loads(m.group(2))
+            rec = json.loads(m.group(3))
         except ValueError:
             continue
         if not isinstance(rec, dict):
             continue
-        kind = _kind(m.group(1), rec, subset)
+        kind = _kind(m.group(1) or m.group(2), rec, subset)
         if kind is None:
             continue
         prefix = {"train_inner": "", "train": "train_", "valid": subset + "_"}[kind]
@@ -177,6 +182,7 @@ def parse_log(text: str, subset: str = "valid") -> Curves:
                 u < last_u or (raw_wall is not None and last_raw_wall is not None
                                and raw_wall < last_raw_wall)):
             new_segment, loaded_at = True, max([p.updates for p in train if p.updates < u] + [0.0])
+            curves.segments += 1
         if new_segment:
             train = [p for p in train if p.updates <= loaded_at]
             valid = [p for p in valid if p.updates <= loaded_at]

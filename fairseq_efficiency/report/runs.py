@@ -172,7 +172,12 @@ def count_parameters(path: str) -> Tuple[int, int]:
 
     compat.install()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:  # memory-mapped: a large checkpoint is not read into memory to count its zeros
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # files of torch's legacy format cannot be mapped
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (unpickling errors of all kinds)
         raise LogError(f"cannot read checkpoint {path}: {type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}") from None

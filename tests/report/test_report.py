@@ -90,10 +90,14 @@ def test_bare_log_file_records_are_read_like_console_ones(tmp_path):
     bare = tmp_path / "bare.log"
     bare.write_text("\n".join(l.split(" | ")[-1] for l in open(console).read().splitlines()
                               if "{\"" in l) + "\n")
-    a, b = read_log(console), read_log(str(bare))
+    hydra = tmp_path / "hydra.log"  # fairseq-hydra-train: [DATE][NAME][LEVEL] - MESSAGE
+    hydra.write_text("\n".join("[2026-01-01 10:00:00,000][%s][INFO] - %s" % tuple(l.split(" | ")[2:])
+                               for l in open(console).read().splitlines() if "{\"" in l) + "\n")
+    a, b, h = read_log(console), read_log(str(bare)), read_log(str(hydra))
     assert [(p.updates, p.tokens, p.wall) for p in a.train] == \
-           [(p.updates, p.tokens, p.wall) for p in b.train]
-    assert [p.loss for p in b.valid] == [5.0, 4.0]
+           [(p.updates, p.tokens, p.wall) for p in b.train] == \
+           [(p.updates, p.tokens, p.wall) for p in h.train]
+    assert [p.loss for p in b.valid] == [p.loss for p in h.valid] == [5.0, 4.0]
 
 
 def test_resumed_run_drops_redone_updates_and_continues_wall(tmp_path):
@@ -105,6 +109,17 @@ def test_resumed_run_drops_redone_updates_and_continues_wall(tmp_path):
     assert [p.loss for p in c.valid] == [5.0, 4.0, 3.0]
     assert c.updates == 30 and c.train[-1].tokens == pytest.approx(3000)
     assert c.train[-1].wall == pytest.approx(40.0 + 10.0)  # 40 s to update 20, then 10 s
+
+
+def test_resume_without_config_lines_is_found_from_the_checkpoint_line():
+    first = [_rec("train_inner", {"epoch": 1, "loss": 9, "wpb": 10, "num_updates": u, "wall": u})
+             for u in (2, 4, 6)]
+    again = ["INFO - Loaded checkpoint ck.pt (epoch 1 @ 4 updates)"] + [
+        _rec("train_inner", {"epoch": 1, "loss": 9, "wpb": 10, "num_updates": u, "wall": u - 4})
+        for u in (6, 8)]
+    c = parse_log("\n".join(first + again))
+    assert c.segments == 2 and [p.updates for p in c.train] == [2, 4, 6, 8]
+    assert [p.wall for p in c.train] == [2, 4, 6, 8] and c.train[-1].tokens == 80
 
 
 # -- methods, seeds, savings ------------------------------------------------------------------------
