@@ -56,6 +56,9 @@ _METHOD = {"name", "args", "after", "generate_args"}
 _TRAIN = {"args", "threads"}
 _GENERATE = {"args", "enabled", "subset"}
 _MAX_RUNS = 1000
+# set by the runner for every run; a spec giving them would break seeds, logs or resuming
+RESERVED = ("--seed", "--save-dir", "--log-format", "--log-file", "--restore-file",
+            "--finetune-from-model", "--results-path", "--path", "--user-dir")
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fairseq --user-dir
 
 
@@ -91,7 +94,12 @@ class Spec:
 def _strs(v, where):
     if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) for x in v):
         raise SpecError(f"{where} must be a list of strings")
-    return [str(x) for x in v]
+    out = [str(x) for x in v]
+    for a in out:
+        if a.split("=", 1)[0] in RESERVED:
+            raise SpecError(f"{where}: {a.split('=', 1)[0]} is set by the runner "
+                            "(seeds: the seeds list; a method's start: after = ...)")
+    return out
 
 
 def _keys(d, allowed, where):
@@ -292,7 +300,8 @@ class Runner:
         todo = []
         for r in runs:
             os.makedirs(r.dir, exist_ok=True)
-            _write(os.path.join(r.dir, "command.sh"), command_script(r, self.spec.threads))
+            if not os.path.isfile(r.done_path):  # a finished run keeps the commands it ran
+                _write(os.path.join(r.dir, "command.sh"), command_script(r, self.spec.threads))
             if os.path.isfile(r.done_path):
                 status[r.name] = "skipped"
                 with open(r.done_path, encoding="utf-8") as f:

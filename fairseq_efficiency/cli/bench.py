@@ -58,7 +58,12 @@ def main(argv=None):
     runs = plan(spec, out, data)
     if args.methods:
         runs = [r for r in runs if r.method.name in wanted]
-    status = runner.run_all(runs)
+    try:
+        status = runner.run_all(runs)
+    except KeyboardInterrupt:
+        print("\nfairseq-efficiency-bench: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     failed = sorted(k for k, v in status.items() if v in ("failed", "blocked"))
     if not args.no_report:
         report_dir = os.path.join(out, "report")

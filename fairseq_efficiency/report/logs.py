@@ -39,8 +39,8 @@ from typing import Dict, List, Optional
 # technique metrics (logged by the plugin's hooks through fairseq.logging.metrics) and labels
 TECHNIQUE_METRICS = {
     "keep_rate": "AutoAssist keep rate",
-    "rho": "AutoAssist ρ (share of batches shrunk)",
-    "T": "AutoAssist threshold T",
+    "rho": "AutoAssist confidence ρ",
+    "T": "AutoAssist loss threshold T",
     "assistant_acc": "Assistant accuracy",
     "sparsity": "pruning sparsity",
     "mesimp_units": "meSimp hidden units",

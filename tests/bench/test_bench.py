@@ -35,6 +35,8 @@ def test_every_example_spec_parses_with_fairseq_and_the_plugin(spec, tiny_data_b
     ("[[method]]\nname = '../x'\n", "plain word"),
     ("[corpus]\npreset = 'huge'\n[[method]]\nname = 'a'\n", "unknown preset"),
     ("seeds = [1\n", "not valid TOML"),
+    ("[train]\nargs = ['--seed', '3']\n[[method]]\nname = 'a'\n", "--seed is set by the runner"),
+    ("[[method]]\nname = 'a'\nargs = ['--save-dir=x']\n", "--save-dir is set by the runner"),
 ])
 def test_bad_spec_is_refused_in_one_line(tmp_path, capsys, text, message):
     spec = tmp_path / "s.toml"
@@ -122,6 +124,7 @@ def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, cap
     text = log.read_text()
     assert text.startswith(first) and "Loaded checkpoint" in text[len(first):]
     assert "@ 4 updates" in text[len(first):]
+    assert "--max-update 8" in (run / "command.sh").read_text()
     curves = read_log(str(log))
     assert curves.segments == 2 and curves.updates == 8
     assert [p.updates for p in curves.train] == sorted(p.updates for p in curves.train)
