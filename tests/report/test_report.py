@@ -234,6 +234,19 @@ def test_missing_run_is_refused_in_one_line(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_directory_of_several_runs_logs_finds_each_runs_own_bleu(tmp_path):
+    d = tmp_path / "work"
+    write_log(str(d / "base.train.log"), [5.0, 4.0])
+    write_log(str(d / "fast.log"), [4.5, 3.5])
+    (d / "base.generate.log").write_text("H-0\tx\nGenerate test with beam=4: BLEU4 = 15.94, 50/20\n")
+    (d / "fast.gen").write_text("Generate valid with beam=5: BLEU = 1.00 1/1\n"
+                                "Generate test with beam=5: BLEU = 21.50 60.0/30.0\n")
+    doc = build_report([str(d)], str(tmp_path / "rep"), plots=False)
+    assert list(doc["methods"]) == ["base", "fast"]  # the generate log is no run
+    assert doc["runs"]["base"]["bleu"] == 15.94 and doc["runs"]["fast"]["bleu"] == 21.5
+    assert doc["methods"]["fast"]["bleu_delta"] == pytest.approx(21.5 - 15.94)
+
+
 def test_default_target_is_the_worst_baseline_seed_best(tmp_path):
     from fairseq_efficiency.report.runs import assign_methods, discover
 
