@@ -34,7 +34,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Union
 
 # technique metrics (logged by the plugin's hooks through fairseq.logging.metrics) and labels
 TECHNIQUE_METRICS = {
@@ -135,8 +135,9 @@ def _kind(tag, rec, subset):
     return None
 
 
-def parse_log(text: str, subset: str = "valid") -> Curves:
-    """Curves of a fairseq json log (``subset``: the validation subset reported)."""
+def parse_log(text: Union[str, Iterable[str]], subset: str = "valid") -> Curves:
+    """Curves of a fairseq json log, given as text or lines (``subset``: the validation
+    subset reported)."""
     curves = Curves(segments=1)
     train: List[TrainPoint] = []
     valid: List[ValidPoint] = []
@@ -144,7 +145,7 @@ def parse_log(text: str, subset: str = "valid") -> Curves:
     wall_offset = 0.0
     last_raw_wall = None
     epoch_anchor = (0.0, 0.0)  # (updates, tokens) at the last end-of-epoch record
-    for line in text.splitlines():
+    for line in (text.splitlines() if isinstance(text, str) else text):
         if len(line) > MAX_LINE:
             continue
         m = _CONFIG.match(line)
@@ -177,7 +178,7 @@ def parse_log(text: str, subset: str = "valid") -> Curves:
             continue
         raw_wall = _num(rec.get(prefix + "wall")) if kind != "valid" else None
         # a restart without a config line (e.g. a log of json lines only): updates went back
-        last_u = max([p.updates for p in train] + [-1.0])
+        last_u = train[-1].updates if train else -1.0
         if not new_segment and kind != "valid" and (
                 u < last_u or (raw_wall is not None and last_raw_wall is not None
                                and raw_wall < last_raw_wall)):
@@ -228,16 +229,32 @@ def parse_log(text: str, subset: str = "valid") -> Curves:
     return curves
 
 
+def _lines(f):
+    """The lines of ``f`` without newlines; lines longer than ``MAX_LINE`` are skipped
+    without being held in memory."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            while True:  # the rest of an overlong line
+                rest = f.readline(MAX_LINE + 1)
+                if not rest or rest.endswith("\n"):
+                    break
+            continue
+        yield line.rstrip("\r\n")
+
+
 def read_log(path: str, subset: str = "valid") -> Curves:
     """:func:`parse_log` of a file; :class:`LogError` when it holds no fairseq json record."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            if b"\0" in f.read(4096):
+                raise LogError(f"{path} is not a text log")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            curves = parse_log(_lines(f), subset)
     except OSError as e:
         raise LogError(f"cannot read {path}: {e.strerror or e}") from None
-    if b"\0" in raw[:4096]:
-        raise LogError(f"{path} is not a text log")
-    curves = parse_log(raw.decode("utf-8", errors="replace"), subset)
     if not curves.train and not curves.valid:
         raise LogError(f"{path} has no fairseq json log records (train with --log-format json)")
     return curves
