@@ -111,6 +111,16 @@ def test_resumed_run_drops_redone_updates_and_continues_wall(tmp_path):
     assert c.train[-1].wall == pytest.approx(40.0 + 10.0)  # 40 s to update 20, then 10 s
 
 
+def test_overlong_lines_are_skipped(tmp_path):
+    from fairseq_efficiency.report.logs import MAX_LINE
+
+    path = write_log(str(tmp_path / "o" / "train.log"), [5.0])
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write('{"loss": "' + "9" * (2 * MAX_LINE) + '"}\n' + text)
+    assert [p.loss for p in read_log(path).valid] == [5.0]
+
+
 def test_resume_without_config_lines_is_found_from_the_checkpoint_line():
     first = [_rec("train_inner", {"epoch": 1, "loss": 9, "wpb": 10, "num_updates": u, "wall": u})
              for u in (2, 4, 6)]
