@@ -304,9 +304,12 @@ class Runner:
                 _write(os.path.join(r.dir, "command.sh"), command_script(r, self.spec.threads))
             if os.path.isfile(r.done_path):
                 status[r.name] = "skipped"
-                with open(r.done_path, encoding="utf-8") as f:
-                    done = json.load(f)
-                if done.get("train_cmd") != r.train_cmd:
+                try:
+                    with open(r.done_path, encoding="utf-8") as f:
+                        done = json.load(f)
+                except ValueError:
+                    done = {}
+                if not isinstance(done, dict) or done.get("train_cmd") != r.train_cmd:
                     self.log(f"[bench] {r.name}: finished with other flags than the spec now "
                              "gives; kept (delete its directory to rerun it)")
             else:
