@@ -42,6 +42,10 @@ def main(argv=None):
     except LogError as e:
         print(f"fairseq-efficiency-report: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. --out names a file
+        print(f"fairseq-efficiency-report: error: {e.filename or args.out}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     print(doc["table"])
     print(f"written: {args.out}/report.md, {args.out}/report.json"
           + "".join(f", {args.out}/{x}" for x in doc["plots"]))

@@ -1,6 +1,7 @@
 """Cost-to-quality report of fairseq training runs: log parsing (:mod:`.logs`), cost to a
 target loss (:mod:`.cost`), per-method tables (:mod:`.summary`) and plots (:mod:`.plots`)."""
 import json
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -8,6 +9,8 @@ from fairseq_efficiency.report.logs import LogError, parse_log, read_log  # noqa
 from fairseq_efficiency.report.cost import cost_to_target, first_crossing  # noqa: F401
 from fairseq_efficiency.report.runs import assign_methods, discover, load_extras
 from fairseq_efficiency.report.summary import default_target, markdown, summarize
+
+logger = logging.getLogger(__name__)
 
 
 def build_report(paths: Sequence[str], out_dir: str, baseline: Optional[str] = None,
@@ -33,9 +36,15 @@ def build_report(paths: Sequence[str], out_dir: str, baseline: Optional[str] = N
     os.makedirs(out_dir, exist_ok=True)
     doc["plots"] = []
     if plots:
-        from fairseq_efficiency.report.plots import write_plots
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            logger.warning("matplotlib is not installed: no plots (pip install "
+                           "'fairseq-efficiency[plots]')")
+        else:
+            from fairseq_efficiency.report.plots import write_plots
 
-        doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]
+            doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]
     table = markdown(doc)
     doc["table"] = table
     _write(os.path.join(out_dir, "report.json"), json.dumps(doc, indent=1) + "\n")
