@@ -54,6 +54,8 @@ TECHNIQUE_METRICS = {
 _JSON = re.compile(r'^(?:.*? \| ([\w.-]+) \| |\[[^\]]*\]\[([\w.-]+)\]\[\w+\] - )?(\{".*\})\s*$')
 _CONFIG = re.compile(r"^(?:.*? \| )?(\{'_name': .*\})\s*$")
 _SAVE_DIR = re.compile(r"'checkpoint': \{[^{}]*?'save_dir': '([^']*)'")
+_START = re.compile(r"'checkpoint': \{[^{}]*?'restore_file': '([^']*)'[^{}]*?"
+                    r"'finetune_from_model': (?:'([^']*)'|None)")
 _LOADED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)|(No existing checkpoint found)")
 MAX_LINE = 1 << 20  # longer lines are not fairseq records
 
@@ -85,6 +87,8 @@ class Curves:
     train: List[TrainPoint] = field(default_factory=list)
     valid: List[ValidPoint] = field(default_factory=list)
     save_dir: Optional[str] = None  # --save-dir, from fairseq's config line
+    # another run's checkpoint this run started from (--finetune-from-model, --restore-file)
+    started_from: Optional[str] = None
     segments: int = 0
 
     # -- cumulative counts at any update ------------------------------------------------------
@@ -154,6 +158,11 @@ def parse_log(text: Union[str, Iterable[str]], subset: str = "valid") -> Curves:
             new_segment, loaded_at = True, 0.0
             sd = _SAVE_DIR.search(m.group(1))
             curves.save_dir = sd.group(1) if sd else None
+            st = _START.search(m.group(1))
+            if st and curves.segments == 1:  # the first process decides where the run began
+                restore, finetune = st.groups()
+                curves.started_from = finetune or (
+                    restore if restore != "checkpoint_last.pt" else None)
             continue
         m = _LOADED.search(line)
         if m:  # a process start without a config line (e.g. hydra's log format)

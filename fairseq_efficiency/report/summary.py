@@ -5,6 +5,9 @@ best validation losses, i.e. the quality every baseline seed reached. Costs to
 target are averaged over the seeds that reached it (``reached`` says how many);
 a saving is the baseline's mean cost divided by the method's (above 1: cheaper).
 Standard deviations are sample standard deviations (n - 1), shown from 2 seeds.
+A method whose runs start from another run's checkpoint (``--finetune-from-model``,
+``--restore-file``; e.g. prune-then-retrain) is marked: its costs exclude that run's, so no
+saving is computed for it.
 """
 import math
 import statistics
@@ -63,7 +66,8 @@ def summarize(methods: Dict[str, List[Run]], baseline: Optional[str],
     for name, rs in methods.items():
         figs = [runs[r.name] for r in rs]
         reached = [f["to_target"] for f in figs if f["to_target"]]
-        m = {"runs": [r.name for r in rs], "seeds": [r.seed for r in rs]}
+        m = {"runs": [r.name for r in rs], "seeds": [r.seed for r in rs],
+             "started_from_checkpoint": any(r.curves.started_from for r in rs)}
         for key in ("best_valid_loss", "bleu", "boss_tokens", "updates", "wall_s", "params",
                     "nonzero_params"):
             m[key] = stats(f[key] for f in figs)
@@ -81,7 +85,9 @@ def summarize(methods: Dict[str, List[Run]], baseline: Optional[str],
             continue
         for key, ratio in (("boss_tokens", "token_saving"), ("wall_s", "time_saving")):
             b = base and base["to_target"] and base["to_target"][key]
-            t[ratio] = (b["mean"] / t[key]["mean"]) if b and t[key] and t[key]["mean"] > 0 else None
+            # a run that starts from another's checkpoint did not pay for that training
+            ok = b and t[key] and t[key]["mean"] > 0 and not m["started_from_checkpoint"]
+            t[ratio] = (b["mean"] / t[key]["mean"]) if ok else None
         b = base and base["bleu"]
         m["bleu_delta"] = (m["bleu"]["mean"] - b["mean"]) if b and m["bleu"] else None
     return {"baseline": baseline, "target_loss": target, "target_rule": target_rule,
@@ -128,7 +134,7 @@ def markdown(doc: dict) -> str:
                  "reached"]
     rows = []
     for name, m in doc["methods"].items():
-        row = [name, str(len(m["runs"])), _ms(m["best_valid_loss"], "loss"), _ms(m["bleu"], "bleu"),
+        row = [name + (" †" if m["started_from_checkpoint"] else ""), str(len(m["runs"])), _ms(m["best_valid_loss"], "loss"), _ms(m["bleu"], "bleu"),
                _num(m.get("bleu_delta"), "delta"), _ms(m["boss_tokens"], "count"),
                _ms(m["updates"], "count"), _ms(m["wall_s"], "s"), _ms(m["nonzero_params"], "count")]
         t = m["to_target"]
@@ -144,4 +150,7 @@ def markdown(doc: dict) -> str:
         head.append(f"Target valid loss {target:.3f} ({doc['target_rule']}).")
     head.append("Mean ± sd over seeds; Boss tokens: target tokens trained on (fairseq wpb × "
                 "updates); savings: baseline cost / method cost.")
+    if any(m["started_from_checkpoint"] for m in doc["methods"].values()):
+        head.append("† started from another run's checkpoint: its costs count from there "
+                    "(no saving is computed).")
     return "\n".join(head) + "\n\n" + "\n".join(lines) + "\n"

@@ -12,7 +12,8 @@ from fairseq_efficiency.report.summary import default_target
 from tests.helpers import run_cli, train_args
 
 CONFIG = ("2026-01-01 10:00:00 | INFO | fairseq_cli.train | {'_name': None, 'common': {}, "
-          "'checkpoint': {'_name': None, 'save_dir': '%s', 'restore_file': 'checkpoint_last.pt'}}")
+          "'checkpoint': {'_name': None, 'save_dir': '%s', 'restore_file': 'checkpoint_last.pt', "
+          "'continue_once': None, 'finetune_from_model': %s, 'reset_dataloader': False}}")
 
 
 def _rec(tag, d):
@@ -20,9 +21,9 @@ def _rec(tag, d):
 
 
 def write_log(path, epochs, per_epoch=10, wpb=100.0, sec_per_update=2.0, interval=5, start=0,
-              loaded=None, extra=None):
+              loaded=None, extra=None, finetune=None):
     """A fairseq console json log: ``epochs`` valid losses, ``per_epoch`` updates each."""
-    lines = [CONFIG % os.path.dirname(path)]
+    lines = [CONFIG % (os.path.dirname(path), repr(finetune))]
     if loaded is not None:
         lines.append(f"2026-01-01 | INFO | fairseq.trainer | Loaded checkpoint x.pt (epoch 2 @ "
                      f"{loaded} updates)")
@@ -153,6 +154,20 @@ def test_saving_ratio_and_seeds_that_never_reach(tmp_path):
     assert base["best_valid_loss"]["sd"] == pytest.approx(np.std([3.0, 3.2], ddof=1))
     md = open(tmp_path / "rep" / "report.md").read()
     assert "| fast | 2 |" in md and "| 1/2 |" in md and "1.61x" in md
+
+
+def test_a_method_started_from_another_runs_checkpoint_gets_no_saving(tmp_path):
+    out = tmp_path / "runs"
+    write_log(str(out / "baseline.seed1" / "train.log"), [5.0, 4.0, 3.0])
+    write_log(str(out / "pruned.seed1" / "train.log"), [3.5, 2.9],
+              finetune=str(out / "baseline.seed1" / "checkpoint_best.pt"))
+    doc = build_report([str(out)], str(tmp_path / "rep"), plots=False)
+    pruned = doc["methods"]["pruned"]
+    assert pruned["started_from_checkpoint"] and not doc["methods"]["baseline"][
+        "started_from_checkpoint"]
+    assert pruned["to_target"]["boss_tokens"]["mean"] == pytest.approx(1000 + 0.5 / 0.6 * 1000)
+    assert pruned["to_target"]["token_saving"] is None
+    assert "| pruned † | 1 |" in doc["table"] and "† started from" in doc["table"]
 
 
 def test_group_option_and_explicit_target(tmp_path):
