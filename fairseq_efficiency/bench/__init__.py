@@ -36,12 +36,19 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from fairseq_efficiency.data.synthetic import CorpusConfig
+
+try:
+    import tomllib  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 PRESETS = {  # embedded corpus sizes (CorpusConfig fields)
     "tiny": dict(seed=3, train_size=600, valid_size=60, test_size=60, nouns=60, verbs=30,
@@ -112,6 +119,8 @@ def _keys(d, allowed, where):
 
 def load_spec(path: str) -> Spec:
     """Read and check a TOML spec."""
+    if tomllib is None:
+        raise SpecError("reading TOML specs needs Python >= 3.11 or the tomli package")
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
