@@ -174,8 +174,8 @@ def count_parameters(path: str) -> Tuple[int, int]:
     try:
         try:  # memory-mapped: a large checkpoint is not read into memory to count its zeros
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # files of torch's legacy format cannot be mapped
+        except (RuntimeError, TypeError) as e:  # legacy-format files; torch < 2.1
+            if "mmap" not in str(e):
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (unpickling errors of all kinds)

@@ -279,3 +279,31 @@ def test_default_target_is_the_worst_baseline_seed_best(tmp_path):
     write_log(str(tmp_path / "r" / "b.seed2" / "train.log"), [5.0, 3.3, 3.4])
     methods = assign_methods(discover([str(tmp_path / "r")]))
     assert default_target(methods, "b") == pytest.approx(3.3)
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_parameters_and_non_zeros_of_a_checkpoint(tmp_path, zipfile):
+    import torch
+
+    from fairseq_efficiency.report.runs import count_parameters
+
+    path = str(tmp_path / "checkpoint_best.pt")
+    torch.save({"model": {"w": torch.tensor([[0.0, 1.0], [2.0, 0.0]]), "b": torch.ones(3),
+                          "steps": torch.tensor([5])}, "cfg": {"x": 1}}, path,
+               _use_new_zipfile_serialization=zipfile)
+    assert count_parameters(path) == (7, 5)  # integer buffers are not parameters
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path):
+    import pickle
+
+    from fairseq_efficiency.report.runs import count_parameters
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    path = tmp_path / "checkpoint_best.pt"
+    path.write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(LogError, match="cannot read checkpoint"):
+        count_parameters(str(path))
