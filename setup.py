@@ -40,6 +40,8 @@ setup(
             "fairseq-efficiency-prune = fairseq_efficiency.pruning.cli:prune_main",
             "fairseq-efficiency-sparse-export = fairseq_efficiency.pruning.cli:export_main",
             "fairseq-efficiency-launch = fairseq_efficiency.cli.launch:main",
+            "fairseq-efficiency-report = fairseq_efficiency.cli.report:main",
+            "fairseq-efficiency-bench = fairseq_efficiency.cli.bench:main",
         ],
     },
     classifiers=[

@@ -6,9 +6,13 @@
 #   recipes/wmt14_en_de.sh eval RUN
 #   recipes/wmt14_en_de.sh flags RUN [extra flags]   # print the fairseq-train arguments
 #
-# RUN names a variant defined in variant() below (baseline, autoassist, self-paced,
-# dynamic-sampling, meprop, mesimp, prune80 (after baseline), hybrid); extra
-# flags are appended, so any fairseq option can be changed from the command line.
+#   recipes/wmt14_en_de.sh variants                  # list the variants
+#
+# RUN names a variant defined in variant() below (LSTM: baseline, autoassist, self-paced,
+# dynamic-sampling, meprop, mesimp, prune80 (after baseline), hybrid; Transformer:
+# transformer, transformer-big, transformer-autoassist, transformer-big-autoassist,
+# transformer-meprop); extra flags are appended, so any fairseq option can be changed from
+# the command line. recipes/README.md: GPUs, multi-node launch, comparing runs.
 # Environment: FAIRSEQ_SRC (a fairseq source checkout, for examples/translation/
 # prepare-wmt14en2de.sh, which downloads the data and needs mosesdecoder + subword-nmt),
 # WORK (default: ./wmt14), NGPU (default: 8).
@@ -29,6 +33,16 @@ COMMON=(--task translation_efficiency --criterion sentence_cross_entropy --label
         --save-interval-updates 5000 --keep-interval-updates 5 --fp16)
 
 MEPROP_LSTM=("${LSTM[@]/#lstm/lstm_meprop}")   # same sizes, meProp LSTM layers
+# Transformers with fairseq's WMT14 en-de settings (examples/scaling_nmt, examples/translation):
+# base 4096 tokens/GPU at lr 1e-3, big 3584 tokens/GPU at lr 5e-4 (8 GPUs; for 128-GPU batches
+# add --update-freq 16 --lr 0.001); both share all embeddings (joined dictionary, see prepare).
+T_OPT=(--clip-norm 0.0 --warmup-init-lr 1e-07 --weight-decay 0.0 --share-all-embeddings)
+TRANSFORMER=(--arch transformer_wmt_en_de --dropout 0.1 --lr 0.001 --max-tokens 4096 "${T_OPT[@]}")
+TRANSFORMER_BIG=(--arch transformer_vaswani_wmt_en_de_big --dropout 0.3 --lr 0.0005
+                 --max-tokens 3584 "${T_OPT[@]}")
+MEPROP_TRANSFORMER=("${TRANSFORMER[@]/#transformer_wmt_en_de/transformer_meprop}")
+VARIANTS="baseline autoassist self-paced dynamic-sampling meprop mesimp prune80 hybrid transformer
+transformer-autoassist transformer-big transformer-big-autoassist transformer-meprop"
 BASELINE_CKPT=$WORK/checkpoints/baseline/checkpoint_best.pt
 RESTART=(--reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler)
 
@@ -49,6 +63,12 @@ variant() {
     hybrid) echo "--arch hybrid_lstm_wmt_en_de --criterion hybrid_cross_entropy" \
                  "--pipeline-encoder-balance [1,1,1,1] --pipeline-decoder-balance [1,1,1,1]" \
                  "--pipeline-chunks 4 --ddp-backend legacy_ddp" ;;
+    transformer) echo "${TRANSFORMER[@]}" ;;
+    transformer-big) echo "${TRANSFORMER_BIG[@]}" ;;
+    transformer-autoassist) echo "${TRANSFORMER[@]} --instance-selection autoassist" ;;
+    transformer-big-autoassist) echo "${TRANSFORMER_BIG[@]} --instance-selection autoassist" ;;
+    # meProp in every FFN layer (top-k 6.25% of the output gradient)
+    transformer-meprop) echo "${MEPROP_TRANSFORMER[@]} --meprop-k 0.0625" ;;
     *) echo "unknown variant $1 (see recipes/wmt14_en_de.sh)" >&2; exit 2 ;;
   esac
 }
@@ -75,11 +95,12 @@ case "${1:-}" in
       fairseq-train "${args[@]}" --log-format json --log-file "$WORK/$run.log" "$@"
     fi
     ;;
+  variants) printf '%s\n' $VARIANTS ;;
   eval)
     run=${2:?usage: $0 eval RUN}
     fairseq-generate "$DATA" --user-dir "$USER_DIR" --path "$WORK/checkpoints/$run/checkpoint_best.pt" \
       --beam 5 --lenpen 0.6 --batch-size 128 --required-batch-size-multiple 1 --remove-bpe \
       --scoring sacrebleu | tee "$WORK/$run.gen" | tail -1
     ;;
-  *) sed -n 2,16p "$0"; exit 2 ;;
+  *) sed -n 2,20p "$0"; exit 2 ;;
 esac

@@ -19,6 +19,16 @@ VARIANTS = {  # variant -> (arch, what the variant must switch on)
     "mesimp": ("lstm_meprop", {"mesimp_interval": 2000}),
     "prune80": ("lstm", {"prune_ratio": 0.8, "prune_scheme": "class-blind", "reset_optimizer": True}),
     "hybrid": ("hybrid_lstm_wmt_en_de", {"criterion": "hybrid_cross_entropy", "pipeline_chunks": 4}),
+    "transformer": ("transformer_wmt_en_de", {"share_all_embeddings": True, "lr": [0.001],
+                                              "max_tokens": 4096, "clip_norm": 0.0, "fp16": True}),
+    "transformer-big": ("transformer_vaswani_wmt_en_de_big", {"lr": [0.0005], "max_tokens": 3584,
+                                                              "dropout": 0.3,
+                                                              "adam_betas": "(0.9,0.98)"}),
+    "transformer-autoassist": ("transformer_wmt_en_de", {"instance_selection": "autoassist"}),
+    "transformer-big-autoassist": ("transformer_vaswani_wmt_en_de_big",
+                                   {"instance_selection": "autoassist", "label_smoothing": 0.1}),
+    "transformer-meprop": ("transformer_meprop", {"meprop_k": 0.0625, "share_all_embeddings": True,
+                                                  "warmup_updates": 4000}),
 }
 
 
@@ -47,3 +57,9 @@ def test_variant_parses_with_the_plugin(variant, tiny_data_bin, tmp_path):
 def test_unknown_variant_fails(tmp_path):
     res = recipe_flags(tmp_path, "no-such-run")
     assert res.returncode == 2 and "unknown variant no-such-run" in res.stderr
+
+
+def test_every_variant_is_covered(tmp_path):
+    res = subprocess.run(["bash", RECIPE, "variants"], env=dict(os.environ, USER_DIR=userdir()),
+                         text=True, capture_output=True)
+    assert res.returncode == 0 and set(res.stdout.split()) == set(VARIANTS)
