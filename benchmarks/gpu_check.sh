@@ -61,8 +61,8 @@ limit() {  # seconds for a step: its own cap, or what is left of the budget
 
 echo "[gpu_check] $GPU; logs in $LOGS"
 
-# -- data: a small embedded corpus for the fairseq-train runs (the lstm benchmark prepares the
-#    demo corpus itself); both on the CPU, in parallel
+# -- data, on the CPU while the GPU benchmarks run: a small embedded corpus for the
+#    fairseq-train runs and the demo corpus of the lstm benchmark
 "$PY" -m fairseq_efficiency.data.prepare "$WORK/corpus" --train-size 4000 --valid-size 200 \
     --test-size 200 >"$LOGS/prepare.out" 2>"$LOGS/prepare.log" &
 PREP=$!

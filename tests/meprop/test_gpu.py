@@ -110,7 +110,8 @@ def test_mesimp_shrinks_cuda_tensors_and_optimizer_state(cuda_exact):
         counts = m.fc1.stats.counts.clone()
         opt.step()
         sizes = ms.step(opt)
-    assert sizes is not None and sizes["fc1"] == int((counts >= 2).sum()) < 12
+    # a unit survives iff it was selected in >= half of the 4 passes (never fewer than 1 unit)
+    assert sizes is not None and sizes["fc1"] == max(1, int((counts >= 2).sum())) < 12
     for p in m.parameters():
         assert p.device.type == "cuda"
         for key in ("exp_avg", "exp_avg_sq"):
