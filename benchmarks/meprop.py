@@ -1,6 +1,7 @@
 """meProp / meSimp benchmarks (speed and quality; not tests).
 
     python benchmarks/meprop.py linear   # backward time of one linear unit, dense vs top-k
+    python benchmarks/meprop.py linear --device cuda   # the same on a GPU (paper: 27.5x, h=8192, k=32)
     python benchmarks/meprop.py digits   # MLP on scikit-learn's digits: dense / meProp / meSimp
     python benchmarks/meprop.py lstm     # lstm vs lstm_meprop step-time breakdown at hidden 1024
     python benchmarks/meprop.py lstm-bleu  # lstm vs lstm_meprop: fairseq-train + BLEU
@@ -29,6 +30,19 @@ def _load():
     return os.getloadavg()[0]
 
 
+def _sync(device):
+    """Wait for queued kernels, so that a timer read measures them (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device(name):
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no CUDA device")
+    return device
+
+
 # -- 1. one linear unit ------------------------------------------------------------------
 def bench_linear(args):
     """Backward time of one linear unit: dense vs unified vs per-example meProp.
@@ -40,19 +54,21 @@ def bench_linear(args):
     the others just returned to the OS (page faults). Medians, dense always steady.
     """
     torch.set_num_threads(args.threads)
-    print(f"# linear unit backward, batch {args.batch}, {args.threads} threads, "
+    dev = _device(args.device)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{args.threads} threads"
+    print(f"# linear unit backward, batch {args.batch}, {where}, "
           f"median of {args.reps} reps, load {_load():.1f}")
     print("| n | k | dense ms | unified ms (steady) | speedup | unified ms (interleaved) | speedup "
           "| per-example ms | speedup |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        x = torch.randn(args.batch, n)
-        gy = torch.randn(args.batch, n)
-        dense = nn.Linear(n, n)
+        x = torch.randn(args.batch, n, device=dev)
+        gy = torch.randn(args.batch, n, device=dev)
+        dense = nn.Linear(n, n, device=dev)
         layers = {}
         for k in args.ks:
-            layers[("unified", k)] = TopKLinear(n, n, k=k, mode="unified")
-            layers[("per-example", k)] = TopKLinear(n, n, k=k, mode="per-example")
+            layers[("unified", k)] = TopKLinear(n, n, k=k, mode="unified", device=dev)
+            layers[("per-example", k)] = TopKLinear(n, n, k=k, mode="per-example", device=dev)
 
         def run(layer):
             layer.weight.grad = None  # fairseq resets gradients to None every step
@@ -60,8 +76,10 @@ def bench_linear(args):
                 layer.bias.grad = None
             xi = x.detach().requires_grad_()
             y = layer(xi)
+            _sync(dev)
             t0 = time.perf_counter()
             y.backward(gy)
+            _sync(dev)
             return time.perf_counter() - t0
 
         def steady(layer):
@@ -189,7 +207,7 @@ OPTIM = ["--optimizer", "adam", "--lr", "0.005", "--clip-norm", "1.0",
          "--criterion", "cross_entropy", "--max-tokens", "4000"]
 
 
-def _build(data_bin, arch, hidden, k):
+def _build(data_bin, arch, hidden, k, device):
     from fairseq import options, optim, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq_efficiency.cli.userdir import userdir
@@ -200,8 +218,8 @@ def _build(data_bin, arch, hidden, k):
     cfg = convert_namespace_to_omegaconf(ns)
     task = tasks.setup_task(cfg.task)
     task.load_dataset("train", combine=True)
-    model = task.build_model(cfg.model)
-    crit = task.build_criterion(cfg.criterion)
+    model = task.build_model(cfg.model).to(device)
+    crit = task.build_criterion(cfg.criterion).to(device)
     opt = optim.build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     itr = task.get_batch_iterator(task.dataset("train"), max_tokens=4000, seed=1,
                                   max_positions=(1024, 1024)).next_epoch_itr(shuffle=True)
@@ -209,16 +227,18 @@ def _build(data_bin, arch, hidden, k):
 
 
 def bench_lstm(args):
+    from fairseq import utils
     torch.set_num_threads(args.threads)
+    dev = _device(args.device)
     data_bin = _demo_data(args.workdir)
     runs = {}
     for arch in ("lstm", "lstm_meprop"):
         torch.manual_seed(1)
-        runs[arch] = _build(data_bin, arch, args.hidden, args.k)
+        runs[arch] = _build(data_bin, arch, args.hidden, args.k, dev)
     batches = []
     it = runs["lstm"][3]
     for _ in range(args.batches):
-        batches.append(next(it))
+        batches.append(utils.apply_to_sample(lambda t: t.to(dev), next(it)))
     phases = ("forward", "backward", "optimizer")
     times = {a: {p: [] for p in phases} for a in runs}
 
@@ -226,21 +246,26 @@ def bench_lstm(args):
         model, crit, opt, _ = runs[arch]
         model.train()
         opt.zero_grad()
+        _sync(dev)
         t0 = time.perf_counter()
         loss, sample_size, _ = crit(model, sample)
+        _sync(dev)
         t1 = time.perf_counter()
         loss.backward()
+        _sync(dev)
         t2 = time.perf_counter()
         opt.multiply_grads(1.0 / sample_size)
         opt.clip_grad_norm(1.0)
         opt.step()
+        _sync(dev)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 
     for arch in runs:  # warm-up
         step(arch, batches[0])
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{args.threads} threads"
     print(f"# lstm vs lstm_meprop (k={args.k}), hidden {args.hidden}, embed 128, 1+1 layers, "
-          f"attention, max-tokens 4000, {args.threads} threads, {args.reps} reps x "
+          f"attention, max-tokens 4000, {where}, {args.reps} reps x "
           f"{args.batches} batches interleaved, load {_load():.1f}")
     for _ in range(args.reps):
         for sample in batches:
@@ -299,6 +324,7 @@ def main(argv=None):
     a.add_argument("--ks", type=int, nargs="+", default=[32, 128, 512])
     a.add_argument("--reps", type=int, default=5)
     a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a.set_defaults(fn=bench_linear)
     a = sub.add_parser("digits")
     a.add_argument("--hidden", type=int, default=500)
@@ -322,6 +348,8 @@ def main(argv=None):
         a.add_argument("--batches", type=int, default=3)
         a.add_argument("--reps", type=int, default=3)
         a.add_argument("--epochs", type=int, default=2)
+        if name == "lstm":
+            a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         a.set_defaults(fn=fn)
     args = p.parse_args(argv)
     args.fn(args)

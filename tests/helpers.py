@@ -49,3 +49,8 @@ def train_args(data_bin, save_dir, *extra):
         "--no-progress-bar",
         *TINY_LSTM, *map(str, extra),
     ]
+
+
+def gpu_train_args(data_bin, save_dir, *extra):
+    """:func:`train_args` on the first CUDA device (fairseq's default without ``--cpu``)."""
+    return [a for a in train_args(data_bin, save_dir, *extra) if a != "--cpu"]

@@ -28,7 +28,9 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from fairseq_efficiency.meprop.topk import _init_meprop, abs_batch_sum, accumulate_rows, resolve_k
+from fairseq_efficiency.meprop.topk import (
+    _init_meprop, abs_batch_sum, accumulate_rows, autocast_like, autocast_state, resolve_k,
+)
 
 
 def _gate_topk_unified(D: torch.Tensor, k: int, H: int) -> torch.Tensor:
@@ -50,7 +52,8 @@ class MePropLSTMCellFunction(torch.autograd.Function):
     def forward(ctx, x, h, c, w_ih, w_hh, bias, k, mode, stats, caches):
         H = w_hh.shape[1]
         gates = torch.addmm(bias, x, w_ih.t()) if bias is not None else x @ w_ih.t()
-        gates.addmm_(h, w_hh.t())
+        # (under autocast the first addmm gives the autocast dtype; an in-place op is not cast)
+        gates.addmm_(h.to(gates.dtype), w_hh.t().to(gates.dtype))
         i = torch.sigmoid(gates[:, :H])
         f = torch.sigmoid(gates[:, H: 2 * H])
         g = torch.tanh(gates[:, 2 * H: 3 * H])
@@ -61,10 +64,16 @@ class MePropLSTMCellFunction(torch.autograd.Function):
         ctx.save_for_backward(x, h, c, i, f, g, o, tc)
         ctx.k, ctx.mode, ctx.stats, ctx.caches = k, mode, stats, caches
         ctx.params = (w_ih, w_hh, bias)
+        ctx.autocast = autocast_state(x)
         return h_new, c_new
 
     @staticmethod
     def backward(ctx, dh, dc):
+        with autocast_like(ctx.autocast):
+            return MePropLSTMCellFunction._backward(ctx, dh, dc)
+
+    @staticmethod
+    def _backward(ctx, dh, dc):
         x, h, c, i, f, g, o, tc = ctx.saved_tensors
         w_ih, w_hh, bias = ctx.params
         H = w_hh.shape[1]

@@ -17,6 +17,7 @@ The forward pass is exactly ``nn.Linear``'s. Only the backward changes:
 * ``per-example``: each row of G keeps its own top-k (eq. 5-6); computed as a
   masked dense product, which is exact but saves no time on CPU/GPU BLAS.
 """
+import contextlib
 import math
 from typing import Optional, Union
 
@@ -176,6 +177,21 @@ def accumulate_rows(param: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor,
     return True
 
 
+def autocast_state(t: torch.Tensor):
+    """The autocast region (``torch.autocast``, fairseq ``--amp``) a forward runs in, on
+    ``t``'s device: ``(device type, dtype)``, or None outside one."""
+    dev = t.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        return dev, torch.get_autocast_dtype(dev)
+    return None
+
+
+def autocast_like(state):
+    """Re-enter the forward's autocast region in a custom backward (which autograd runs
+    outside it), as ``torch.amp.custom_bwd`` does, so its matmuls see the forward's dtypes."""
+    return torch.autocast(state[0], dtype=state[1]) if state else contextlib.nullcontext()
+
+
 _SCORE_ROWS = 128
 
 
@@ -183,11 +199,14 @@ def abs_batch_sum(grad: torch.Tensor) -> torch.Tensor:
     """``grad.abs().sum(0)`` of an N x n gradient, summed in row blocks.
 
     No N x n temporary: fresh memory costs page faults that can exceed the rest of
-    the sparse backward (``benchmarks/meprop.py linear``).
+    the sparse backward (``benchmarks/meprop.py linear``). Accumulated in at least
+    fp32: with ``--fp16`` the loss-scaled sums overflow fp16 (every saturated unit
+    would tie at ``inf``) and bf16 sums lose the ranking's precision.
     """
+    acc = torch.promote_types(grad.dtype, torch.float32)
     score = None
     for block in grad.split(_SCORE_ROWS):
-        s = block.abs().sum(0)
+        s = block.abs().sum(0, dtype=acc)
         score = s if score is None else score.add_(s)
     return score
 
@@ -217,10 +236,16 @@ class TopKLinearFunction(torch.autograd.Function):
         ctx.k, ctx.mode, ctx.stats = k, mode, stats
         ctx.caches = (cache_w, cache_b)
         ctx.bias = bias
+        ctx.autocast = autocast_state(x)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_y):
+        with autocast_like(ctx.autocast):
+            return TopKLinearFunction._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         bias = ctx.bias
         n, m = weight.shape

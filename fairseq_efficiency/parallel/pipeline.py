@@ -45,7 +45,8 @@ from fairseq_efficiency.parallel.seq2seq import (
     run_layers, zero_state,
 )
 
-# message tags (gloo matches send/recv pairs by tag)
+# message tags: gloo pairs sends with receives by tag, NCCL by their order between two ranks
+# (ignoring tags), so every receive is also posted in the order its peer sends
 _FWD, _SCATTER_S, _SCATTER_H, _GATHER_S, _GATHER_H, _BWD = range(6)
 _TAG_STRIDE = 1 << 16
 
@@ -279,7 +280,10 @@ class WavefrontPipeline:
         bufs, recvs = {}, {}
         if next_rank is not None:
             hidden = run.S_shape[2]
-            for i, (_, a, b) in enumerate(items):
+            # posted in the order the next stage sends them (last item first): NCCL pairs
+            # point-to-point messages by their order between two ranks, not by tag
+            for i in reversed(range(len(items))):
+                _, a, b = items[i]
                 buf = grad_S.new_empty(b - a, run.S_shape[1], hidden)
                 bufs[i] = buf
                 recvs[i] = dist.irecv(buf, src=next_rank, tag=_tag(_BWD, i))

@@ -104,3 +104,17 @@ def test_eval_mode_backpropagates_densely():
     h, c = cell(torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4)))
     (h.sum() + c.sum()).backward()
     assert int((cell.weight_hh.grad.abs().sum(1) > 0).sum()) == 16
+
+
+@pytest.mark.parametrize("mode", ["unified", "per-example"])
+def test_lstm_backward_under_autocast(mode):
+    """fairseq --amp: forward in the autocast dtype, sparse backward consistent with it."""
+    torch.manual_seed(4)
+    lstm = MePropLSTM(5, 8, num_layers=2, k=2, mode=mode)
+    x = torch.randn(4, 3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = lstm(x, lengths=torch.tensor([4, 3, 2]))
+    (out.float().sum() + c.float().sum()).backward()
+    for p in lstm.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    assert lstm.cells[1].weight_hh.grad.abs().sum() > 0

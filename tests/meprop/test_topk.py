@@ -153,3 +153,41 @@ def test_k_resolution_and_cli_parsing():
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError):
             parse_k(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unified_scores_of_half_gradients_do_not_saturate(dtype):
+    """fp16/bf16 training: the batch sum of |dL/dy| (loss-scaled) can exceed fp16's 65504;
+    accumulated in fp32 the scores stay finite and the right units are selected."""
+    from fairseq_efficiency.meprop.topk import abs_batch_sum, unified_topk_indices
+    g = torch.zeros(600, 4)
+    g[:, :3] = torch.tensor([150.0, 200.0, 300.0])  # column sums 90k, 120k, 180k
+    g[::2, 3] = 1.0
+    g = g.to(dtype)
+    score = abs_batch_sum(g)
+    assert torch.isfinite(score).all()
+    torch.testing.assert_close(score.double(), g.double().abs().sum(0), rtol=1e-3, atol=0)
+    assert sorted(unified_topk_indices(g, 2).tolist()) == [1, 2]
+
+
+@pytest.mark.parametrize("mode", ["unified", "per-example"])
+def test_backward_under_autocast(mode):
+    """fairseq --amp runs the model under torch.autocast; the sparse backward, which runs
+    outside the autocast region, must see the dtypes of the forward (CPU autocast here,
+    CUDA's is the same mechanism)."""
+    ref, t = _pair(3, mode=mode)
+    x = torch.randn(6, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = t(x)
+    assert y.dtype == torch.bfloat16
+    y.float().pow(2).sum().backward()
+    assert t.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    assert torch.isfinite(t.weight.grad).all() and torch.isfinite(x.grad).all()
+    if mode == "unified":
+        assert int((t.weight.grad.abs().sum(1) > 0).sum()) == 3
+    # the bf16 gradient is that of the dense fp32 layer masked to the kept outputs
+    gy = 2 * ref(x.detach()).detach()
+    keep = t.weight.grad.abs().sum(1) > 0 if mode == "unified" else None
+    if keep is not None:
+        torch.testing.assert_close(t.weight.grad[keep], (gy[:, keep].t() @ x.detach()),
+                                   rtol=0.05, atol=0.05)
