@@ -183,9 +183,14 @@ def _write_atomic(path, write, suffix=""):
 
 def save_features(path, x):
     """The CSR matrix (uncompressed ``.npz``), then its sidecar, each written atomically."""
-    _write_atomic(path, lambda tmp: sp.save_npz(tmp, x, compressed=False), suffix=".npz")
-    meta = {"version": FEATURE_VERSION, "sha256": file_sha256(path),
-            "shape": [int(x.shape[0]), int(x.shape[1])], "nnz": int(x.nnz)}
+    meta = {"version": FEATURE_VERSION, "shape": [int(x.shape[0]), int(x.shape[1])],
+            "nnz": int(x.nnz)}
+
+    def write_npz(tmp):
+        sp.save_npz(tmp, x, compressed=False)
+        meta["sha256"] = file_sha256(tmp)  # of the bytes this process wrote
+
+    _write_atomic(path, write_npz, suffix=".npz")
 
     def write_meta(tmp):
         with open(tmp, "w") as f:

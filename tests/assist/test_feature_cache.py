@@ -81,7 +81,8 @@ def test_damaged_cache_is_rebuilt_with_a_warning(data, damage, caplog, tmp_path)
     with caplog.at_level(logging.WARNING):
         x3, _ = data()
     assert not caplog.records and os.path.getmtime(path) == mtime and (x3 != x).nnz == 0
-    assert sorted(f for f in os.listdir(os.path.dirname(path)) if ".assist-tfidf." in f) == cache_files
+    left = sorted(f for f in os.listdir(os.path.dirname(path)) if ".assist-tfidf." in f)
+    assert left == cache_files
 
 
 def test_oversized_array_header_is_refused_before_allocation(data, caplog):
