@@ -230,6 +230,7 @@ class AssistWorker:
 
     def _force_keep(self, ids):
         """A full pass kept nothing: keep its most probable candidates so training progresses."""
+        ids = np.unique(ids)  # a refill may straddle two permutations of the shard
         if not self.counters["forced_refills"]:
             logger.warning("%s: a pass over the %d-pair shard kept no candidate (keep "
                            "probabilities ~0); its %d most probable candidates are kept so that "
