@@ -15,22 +15,31 @@ measures the peak, and compares with ``HashingVectorizer`` over token strings).
 
 The matrix is stored as ``{split}.{src}-{tgt}.assist-tfidf.{checksum}.npz`` next
 to the data-bin, where ``checksum`` covers the binarized data files, so a
-changed dataset gets new features instead of silently mismatched ones.
+changed dataset gets new features instead of silently mismatched ones. A JSON
+sidecar (``.npz.json``, written after the matrix) holds the sha256 of the cache
+file itself, its shape and number of non-zeros: a cache that does not match it,
+or whose shape or arrays do not fit the data-bin, is rebuilt with a warning
+naming the file. The cache is read without pickle, and every array header is
+checked against the file's size before anything is allocated. Both files are
+written to a temporary name and renamed, so a crash never leaves a partial cache.
 ``fairseq-efficiency-featurize DATA-BIN`` builds them ahead of training.
 """
 import argparse
 import glob
 import hashlib
+import json
 import logging
 import os
 import sys
+import zipfile
 
 import numpy as np
 import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-FEATURE_VERSION = 2  # 2: IDF computed by TfidfTransformer.fit (float32, as the counts)
+# 2: IDF computed by TfidfTransformer.fit (float32, as the counts); 3: sha256 sidecar
+FEATURE_VERSION = 3
 _CHUNK_ROWS = 200_000
 
 
@@ -128,8 +137,164 @@ def feature_path(prefix, checksum):
     return f"{prefix}assist-tfidf.{checksum}.npz"
 
 
+def sidecar_path(path):
+    """The JSON file holding the cache's own sha256, shape and number of non-zeros."""
+    return path + ".json"
+
+
+class CorruptCache(ValueError):
+    """A feature cache that is unreadable or does not fit the data-bin."""
+
+
+def file_sha256(path, chunk=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def num_pairs(prefix, src, tgt):
+    """Sentence pairs of a binarized split, from its ``.idx`` files (no token is read)."""
+    from fairseq.data import indexed_dataset
+
+    counts = []
+    for lang in (src, tgt):
+        impl = indexed_dataset.infer_dataset_impl(prefix + lang)
+        ds = indexed_dataset.make_dataset(prefix + lang, impl=impl or "cached")
+        if ds is None:
+            raise FileNotFoundError(f"cannot read binarized data {prefix}{lang}.idx/.bin")
+        counts.append(len(ds))
+    if counts[0] != counts[1]:
+        raise ValueError(f"{prefix}: {counts[0]} source vs {counts[1]} target sentences")
+    return counts[0]
+
+
+def _write_atomic(path, write, suffix=""):
+    """``write(tmp)`` then rename to ``path``: readers see the old file or the whole new one."""
+    tmp = f"{path}.{os.getpid()}.tmp{suffix}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_features(path, x):
+    """The CSR matrix (uncompressed ``.npz``), then its sidecar, each written atomically."""
+    meta = {"version": FEATURE_VERSION, "shape": [int(x.shape[0]), int(x.shape[1])],
+            "nnz": int(x.nnz)}
+
+    def write_npz(tmp):
+        sp.save_npz(tmp, x, compressed=False)
+        meta["sha256"] = file_sha256(tmp)  # of the bytes this process wrote
+
+    _write_atomic(path, write_npz, suffix=".npz")
+
+    def write_meta(tmp):
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+
+    _write_atomic(sidecar_path(path), write_meta)
+
+
+def _read_meta(path):
+    side = sidecar_path(path)
+    try:
+        with open(side, "rb") as f:
+            meta = json.loads(f.read(4096).decode("utf-8"))
+    except FileNotFoundError:
+        raise CorruptCache(f"its checksum file {side} is missing") from None
+    except (OSError, ValueError) as e:
+        raise CorruptCache(f"its checksum file {side} is unreadable ({e})") from None
+    ok = (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+          and isinstance(meta.get("shape"), list) and len(meta["shape"]) == 2
+          and all(type(v) is int and v >= 0 for v in meta["shape"] + [meta.get("nnz")]))
+    if not ok:
+        raise CorruptCache(f"its checksum file {side} is malformed")
+    return meta
+
+
+def _array_headers(zf, expected):
+    """Check every member's ``.npy`` header before any array is allocated: the expected
+    names, shapes and dtypes, stored uncompressed and exactly as long as the header says."""
+    import numpy.lib.format as npy
+
+    names = sorted(zf.namelist())
+    if names != sorted(f"{k}.npy" for k in expected):
+        raise CorruptCache(f"holds arrays {names}, expected a CSR matrix")
+    for key, (shape, kinds) in expected.items():
+        info = zf.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CorruptCache(f"array {key} is compressed")
+        with zf.open(info) as f:
+            version = npy.read_magic(f)
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            got_shape, _, dtype = read(f)
+            offset = f.tell()
+        if dtype.hasobject or dtype.kind not in kinds or got_shape != shape:
+            raise CorruptCache(f"array {key} is {dtype}{list(got_shape)}, expected {list(shape)}")
+        if offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != info.file_size:
+            raise CorruptCache(f"array {key} is truncated or padded")
+
+
+def read_features(path, n_rows, n_cols):
+    """The cached CSR matrix, checked against its sidecar and the data-bin's shape.
+
+    Raises :class:`CorruptCache` (never reads pickled objects, never allocates more than
+    the file holds)."""
+    import numpy.lib.format as npy
+
+    meta = _read_meta(path)
+    if meta["shape"] != [n_rows, n_cols]:
+        raise CorruptCache(f"it is {meta['shape'][0]} x {meta['shape'][1]}, the data-bin "
+                           f"needs {n_rows} x {n_cols}")
+    if file_sha256(path) != meta["sha256"]:
+        raise CorruptCache("its sha256 does not match its checksum file (truncated or altered)")
+    nnz = meta["nnz"]
+    expected = {"data": ((nnz,), "f"), "indices": ((nnz,), "iu"), "indptr": ((n_rows + 1,), "iu"),
+                "format": ((), "SU"), "shape": ((2,), "iu")}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            _array_headers(zf, expected)
+            arrays = {}
+            for key in expected:
+                with zf.open(f"{key}.npy") as f:
+                    arrays[key] = npy.read_array(f, allow_pickle=False)
+    except CorruptCache:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CorruptCache(f"it is not a readable .npz file ({e})") from None
+    fmt = arrays["format"].item()
+    if (fmt.decode("ascii", "replace") if isinstance(fmt, bytes) else fmt) != "csr" \
+            or [int(v) for v in arrays["shape"]] != [n_rows, n_cols]:
+        raise CorruptCache("it does not hold the expected CSR matrix")
+    try:
+        x = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                          shape=(n_rows, n_cols), copy=False)
+        x.check_format(full_check=True)  # monotone indptr, column ids within range
+    except ValueError as e:
+        raise CorruptCache(f"its CSR structure is invalid ({e})") from None
+    if not np.isfinite(x.data).all():
+        raise CorruptCache("it holds non-finite values")
+    return x
+
+
+def _remove_stale(prefix, path):
+    """Caches (and sidecars) of this split for other data checksums: written by this module."""
+    own = os.path.basename(path)
+    for stale in glob.glob(f"{prefix}assist-tfidf.*"):
+        name = os.path.basename(stale)
+        if name.startswith(own):  # this cache, its sidecar, another process' temporary file
+            continue
+        if name.endswith((".npz", ".npz.json")) or ".npz." in name:
+            os.remove(stale)
+
+
 def load_or_build(data_dir, split, src, tgt, src_vocab, tgt_vocab, nspecial=4, rebuild=False):
-    """Features of ``split``: loaded from the cache when the data checksum matches, else built.
+    """Features of ``split``: loaded from the cache when the data checksum matches and the
+    cache verifies, else built (a corrupted cache is rebuilt with a warning naming it).
 
     Returns ``(matrix, path)``; stale caches of the same split are removed.
     """
@@ -137,24 +302,17 @@ def load_or_build(data_dir, split, src, tgt, src_vocab, tgt_vocab, nspecial=4, r
     checksum = data_checksum(prefix, src, tgt)
     path = feature_path(prefix, checksum)
     if os.path.isfile(path) and not rebuild:
-        x = sp.load_npz(path).tocsr()
-        if x.shape[1] == src_vocab + tgt_vocab:
-            return x, path
-        logger.warning("feature cache %s has %d columns, expected %d: rebuilding",
-                       path, x.shape[1], src_vocab + tgt_vocab)
+        try:
+            return read_features(path, num_pairs(prefix, src, tgt), src_vocab + tgt_vocab), path
+        except CorruptCache as e:
+            logger.warning("AutoAssist feature cache %s is unusable: %s; rebuilding it", path, e)
     logger.info("building AutoAssist TF-IDF features for %s", prefix)
     x = build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial)
-    for stale in glob.glob(f"{prefix}assist-tfidf.*.npz"):
-        if stale != path:
-            os.remove(stale)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    _remove_stale(prefix, path)
     try:
-        sp.save_npz(tmp, x, compressed=False)
-        os.replace(tmp, path)  # atomic: a crash never leaves a truncated cache
+        save_features(path, x)
     except OSError as e:  # read-only data directory: keep the features in memory
         logger.warning("cannot write feature cache %s (%s); features kept in memory", path, e)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return x, path
 
 

@@ -193,6 +193,8 @@ class InstanceSelectionHook(EfficiencyHook):
         metrics.log_scalar("assist_wait_s", self.worker.wait_s, weight=0, round=2)
         if c["dropped_loss_batches"]:
             metrics.log_scalar("assist_dropped", c["dropped_loss_batches"], weight=0, round=0)
+        if c["forced_refills"]:
+            metrics.log_scalar("assist_forced", c["forced_refills"], weight=0, round=0)
 
     # -- checkpoints -----------------------------------------------------------------------
     def _snapshot(self):

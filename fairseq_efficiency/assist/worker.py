@@ -5,17 +5,25 @@ A background thread owns two bounded queues:
 * ``BossQueue`` -- ready, collated Boss batches (indices + sample);
 * ``AssistantQueue`` -- ``(ids, per-sentence losses)`` of batches the Boss trained on.
 
-Whenever the BossQueue runs low the worker draws candidates uniformly from its
-shard (a fresh random permutation per pass), keeps each with the policy's keep
-probability (Algorithm 1), and *refills*: kept candidates gather in a pool of a
-few batches' worth, which is sorted by length and cut with fairseq's
+Whenever the BossQueue (counting batches restored from a checkpoint and not yet
+served) runs low the worker draws candidates uniformly from its shard (a fresh
+random permutation per pass), keeps each with the policy's keep probability
+(Algorithm 1), and *refills*: kept candidates gather in a pool of a few batches'
+worth, which is sorted by length and cut with fairseq's
 ``data_utils.batch_by_size`` under the run's ``--max-tokens``/``--batch-size``;
 every batch but the pool's last (possibly under-full) one is emitted, the rest
 waits for more candidates. Otherwise it learns from the AssistantQueue.
 
-The training loop only does ``get`` (a ready batch) and ``put_nowait`` (losses;
-dropped and counted when the queue is full), so it never waits for the
-Assistant to learn. A worker exception is re-raised in the training loop.
+A refill is bounded: it examines at most one pass of the shard, one chunk at a
+time, releasing the lock between chunks. If the pool is still not full then, it
+is cut as it is (under-full batches included); if the whole pass kept nothing
+(keep probabilities ~0, possible with ``--assist-min-keep 0``), its ``chunk``
+most probable candidates are kept, with a warning, so training always progresses.
+
+The training loop only does ``get`` (a ready batch, with a timeout) and
+``put_nowait`` (losses; dropped and counted when the queue is full), so it never
+waits for the Assistant to learn. A worker exception is re-raised in the
+training loop.
 """
 import collections
 import logging
@@ -106,6 +114,14 @@ class RefillBatcher:
             max_sentences=self.max_sentences, required_batch_size_multiple=self.mult,
         )
 
+    def flush(self, rng):
+        """The whole pool cut into batches (the last one possibly under-full), in random order."""
+        if not len(self.pool):
+            return []
+        out = [np.asarray(b, dtype=np.int64) for b in self._cut(self.pool)]
+        self.pool = np.zeros(0, dtype=np.int64)
+        return [out[i] for i in rng.permutation(len(out))]
+
     def _pop_full(self):
         """Full batches from the pool, in length order, or ``[]`` while it is still filling."""
         if not self._ready():
@@ -146,7 +162,7 @@ class AssistWorker:
     """Produces Boss batches and trains the selection policy off the training loop's path."""
 
     def __init__(self, selector, stream, batcher, collate, ntokens, rng, queue_size=16,
-                 chunk=256, name="autoassist"):
+                 chunk=256, name="autoassist", batch_timeout=600.0):
         self.selector, self.stream, self.batcher = selector, stream, batcher
         self.collate = collate          # indices -> fairseq sample
         self.ntokens = ntokens          # src + tgt tokens per instance (accounting)
@@ -165,28 +181,64 @@ class AssistWorker:
         self.error = None
         self.thread = None
         self.name = name
+        self.batch_timeout = float(batch_timeout)  # seconds next_batch waits for the worker
         self.counters = dict(candidate_sentences=0, candidate_tokens=0, kept_tokens=0,
-                             learned_batches=0, dropped_loss_batches=0)
+                             learned_batches=0, dropped_loss_batches=0, forced_refills=0)
         self.wait_s = 0.0               # time the training loop waited for a batch
         self.recent_keep_rate = 1.0     # EMA over candidate chunks (token-weighted per chunk)
+        self._reset_refill()
 
     # -- worker side ------------------------------------------------------------------
-    def _make_batches(self):
-        while True:
-            cand = self.stream.take(self.chunk)
-            p = self.selector.keep_prob(cand)
-            kept = cand[self.rng.random(len(cand)) < p]
-            cand_tok, kept_tok = int(self.ntokens[cand].sum()), int(self.ntokens[kept].sum())
-            c = self.counters
-            c["candidate_sentences"] += len(cand)
-            c["candidate_tokens"] += cand_tok
-            c["kept_tokens"] += kept_tok
-            if cand_tok > 0:
-                self.recent_keep_rate = 0.9 * self.recent_keep_rate + 0.1 * (kept_tok / cand_tok)
-            self.batcher.add(kept)
-            batches = self.batcher.pop_batches(self.rng)
-            if batches:
-                return batches
+    def _reset_refill(self):
+        """Candidates examined since the last emitted batch, and the most probable of them."""
+        self.examined = 0
+        self.best_ids = np.zeros(0, dtype=np.int64)
+        self.best_p = np.zeros(0, dtype=np.float64)
+
+    def pending(self):
+        """Batches ready for the Boss: restored ones not yet served plus the queue."""
+        return len(self.resumed) + self.boss_q.qsize()
+
+    def _refill_step(self):
+        """One chunk of candidates through the policy (Algorithm 1) into the pool: the
+        batches the pool yields, or ``[]`` while it is filling (at most one pass of the
+        shard per refill, see the module docstring)."""
+        cand = self.stream.take(self.chunk)
+        p = np.asarray(self.selector.keep_prob(cand), dtype=np.float64)
+        kept = cand[self.rng.random(len(cand)) < p]
+        cand_tok, kept_tok = int(self.ntokens[cand].sum()), int(self.ntokens[kept].sum())
+        c = self.counters
+        c["candidate_sentences"] += len(cand)
+        c["candidate_tokens"] += cand_tok
+        c["kept_tokens"] += kept_tok
+        if cand_tok > 0:
+            self.recent_keep_rate = 0.9 * self.recent_keep_rate + 0.1 * (kept_tok / cand_tok)
+        self.batcher.add(kept)
+        batches = self.batcher.pop_batches(self.rng)
+        if not batches:
+            self.examined += len(cand)
+            ids, pr = np.concatenate([self.best_ids, cand]), np.concatenate([self.best_p, p])
+            top = np.argsort(-pr, kind="stable")[:self.chunk]
+            self.best_ids, self.best_p = ids[top], pr[top]
+            if self.examined >= len(self.stream.shard):
+                if not len(self.batcher.pool):
+                    self._force_keep(self.best_ids)
+                batches = self.batcher.flush(self.rng)
+        if batches:
+            self._reset_refill()
+        return batches
+
+    def _force_keep(self, ids):
+        """A full pass kept nothing: keep its most probable candidates so training progresses."""
+        ids = np.unique(ids)  # a refill may straddle two permutations of the shard
+        if not self.counters["forced_refills"]:
+            logger.warning("%s: a pass over the %d-pair shard kept no candidate (keep "
+                           "probabilities ~0); its %d most probable candidates are kept so that "
+                           "training progresses (--assist-min-keep > 0 prevents this)", self.name,
+                           len(self.stream.shard), len(ids))
+        self.counters["forced_refills"] += 1
+        self.counters["kept_tokens"] += int(self.ntokens[ids].sum())
+        self.batcher.add(ids)
 
     def _learn_one(self):
         try:
@@ -204,9 +256,9 @@ class AssistWorker:
         try:
             while not self.stop_event.is_set():
                 did = False
-                if self.boss_q.qsize() <= self.queue_size // 2:
-                    with self.lock:
-                        for b in self._make_batches():
+                if self.pending() <= self.queue_size // 2:
+                    with self.lock:  # one chunk per hold: snapshots and epoch plans interleave
+                        for b in self._refill_step():
                             self.boss_q.put((b, self.collate(b)))
                     did = True
                 else:
@@ -232,11 +284,14 @@ class AssistWorker:
                                     f"{type(e).__name__}: {e}\n{tb}") from e
 
     def next_batch(self):
-        """The next Boss batch (indices, sample); raises if the worker failed."""
+        """The next Boss batch (indices, sample); raises if the worker failed, stopped or
+        produced nothing for ``batch_timeout`` seconds."""
         self.check()
         self.start()
         if self.resumed:
-            return self.resumed.popleft()
+            item = self.resumed.popleft()
+            self.wake.set()
+            return item
         t0 = time.perf_counter()
         while True:
             try:
@@ -246,6 +301,12 @@ class AssistWorker:
                 self.check()
                 if not self.thread.is_alive():
                     raise AssistWorkerError(f"{self.name} worker stopped unexpectedly")
+                if time.perf_counter() - t0 > self.batch_timeout:
+                    c = self.counters
+                    raise AssistWorkerError(
+                        f"{self.name} worker produced no batch in {self.batch_timeout:g} s "
+                        f"({c['candidate_sentences']} candidates examined, {c['kept_tokens']} "
+                        f"tokens kept so far); training stopped") from None
         self.wait_s += time.perf_counter() - t0
         self.wake.set()
         return item
@@ -268,12 +329,15 @@ class AssistWorker:
             return {
                 "selector": self.selector.state_dict(),
                 "stream": self.stream.state_dict(),
-                "pool": self.batcher.pool.copy(),
+                # lists, not arrays: torch's weights-only unpickler refuses empty numpy arrays
+                "pool": self.batcher.pool.tolist(),
                 "rng": self.rng.bit_generator.state,
                 "pending": [np.asarray(b) for b in pending],
                 "losses": [(np.asarray(i), np.asarray(l)) for i, l in losses],
                 "counters": dict(self.counters),
                 "recent_keep_rate": self.recent_keep_rate,
+                "refill": {"examined": self.examined, "best_ids": self.best_ids.tolist(),
+                           "best_p": self.best_p.tolist()},
             }
 
     def restore(self, st):
@@ -291,6 +355,12 @@ class AssistWorker:
             self.resumed_losses = collections.deque(st["losses"])
             self.counters.update(st["counters"])
             self.recent_keep_rate = st["recent_keep_rate"]
+            self._reset_refill()
+            if "refill" in st:  # (not in states of earlier versions)
+                r = st["refill"]
+                self.examined = int(r["examined"])
+                self.best_ids = np.asarray(r["best_ids"], dtype=np.int64)
+                self.best_p = np.asarray(r["best_p"], dtype=np.float64)
 
     def close(self):
         self.stop_event.set()

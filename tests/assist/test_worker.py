@@ -1,6 +1,9 @@
 """Candidate stream, refilled batching, the asynchronous worker and the feature cache."""
+import io
+import logging
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -139,6 +142,140 @@ def test_snapshot_restore_continues_identically():
     finally:
         w2.close()
         w3.close()
+
+
+def test_restored_pending_batches_count_toward_the_queue():
+    """A resumed worker does not refill while the restored batches keep its queue over half
+    full, so it continues with the policy and accounting of the run it resumes."""
+    w, _ = make_worker(selector=Keep(p_odd=0.5), seed=4, queue_size=8)
+    try:
+        w.next_batch()
+        deadline = time.time() + 5
+        while w.boss_q.qsize() <= w.queue_size // 2 and time.time() < deadline:
+            time.sleep(0.01)
+        st = w.snapshot()
+    finally:
+        w.close()
+    half = w.queue_size // 2
+    assert len(st["pending"]) > half
+    w2, _ = make_worker(selector=Keep(p_odd=0.5), seed=99, queue_size=8)
+    try:
+        w2.restore(st)
+        w2.start()
+        time.sleep(0.3)  # the worker runs, but has nothing to refill
+        assert w2.counters == st["counters"]
+        served = [w2.next_batch()[0] for _ in range(len(st["pending"]) - half)]
+        for b, ref in zip(served, st["pending"]):
+            np.testing.assert_array_equal(b, ref)
+        deadline = time.time() + 5  # at half full it refills again
+        while w2.counters["candidate_sentences"] == st["counters"]["candidate_sentences"]:
+            assert time.time() < deadline, "the resumed worker never refilled its queue"
+            time.sleep(0.01)
+    finally:
+        w2.close()
+
+
+class KeepNothing(Selector):
+    def keep_prob(self, idx):
+        return np.zeros(len(idx))
+
+
+def _in_thread(fn, timeout):
+    """Run ``fn`` in a daemon thread: ``(finished, result or exception)``."""
+    out = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # reported to the test
+            out["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), out
+
+
+def test_refill_is_bounded_when_nothing_is_kept(caplog):
+    """Keep probability 0 everywhere (--assist-min-keep 0): a refill examines at most one
+    pass, then keeps the pass's most probable candidates, so training still progresses and
+    snapshots are not blocked."""
+    w, num_tokens = make_worker(selector=KeepNothing(), max_tokens=200)
+    try:
+        with caplog.at_level(logging.WARNING):
+            done, out = _in_thread(lambda: [w.next_batch()[0] for _ in range(5)], timeout=20)
+            assert done, "next_batch hangs when no candidate is kept"
+            batches = out["result"]
+            assert all(len(b) and len(b) * num_tokens[b].max() <= 200 for b in batches)
+            done, snap = _in_thread(w.snapshot, timeout=5)
+            assert done and "result" in snap
+        assert w.counters["forced_refills"] >= 1
+        assert w.counters["kept_tokens"] > 0
+        assert "kept no candidate" in caplog.text and "--assist-min-keep" in caplog.text
+    finally:
+        w.close()
+
+
+def test_refill_cuts_an_unfilled_pool_after_one_pass():
+    """A pool that one pass cannot fill (here: a pool far larger than the shard) is cut as it
+    is after a pass, under-full batches included, instead of drawing candidates forever."""
+    w, num_tokens = make_worker(selector=Keep(p_odd=0.0), max_tokens=200)
+    w.batcher.pool_batches = 10 ** 6
+    try:
+        done, out = _in_thread(lambda: [w.next_batch()[0] for _ in range(3)], timeout=20)
+        assert done, "next_batch hangs while the pool cannot fill"
+        assert all(np.all(b % 2 == 0) and len(b) * num_tokens[b].max() <= 200
+                   for b in out["result"])
+        assert w.counters["forced_refills"] == 0
+    finally:
+        w.close()
+
+
+def test_next_batch_times_out_with_one_line_error_when_the_worker_is_stuck():
+    release = threading.Event()
+
+    class Stuck(Selector):
+        def keep_prob(self, idx):
+            release.wait(30)
+            return np.ones(len(idx))
+
+    w, _ = make_worker(selector=Stuck())
+    w.batch_timeout = 0.5
+    try:
+        done, out = _in_thread(w.next_batch, timeout=10)
+        assert done, "next_batch waits forever for a stuck worker"
+        err = out.get("error")
+        assert isinstance(err, AssistWorkerError)
+        assert "produced no batch in 0.5 s" in str(err)
+        assert "\n" not in str(err)
+    finally:
+        release.set()
+        w.close()
+
+
+def test_snapshot_with_an_empty_pool_loads_under_weights_only():
+    """A checkpointed worker state must pass torch's weights-only unpickler even when the
+    pool is empty (numpy pickles an empty array through ``bytes``, which it refuses)."""
+    import torch
+
+    import fairseq_efficiency  # noqa: F401  (allow-lists numpy arrays for checkpoints)
+
+    w, _ = make_worker()
+    try:
+        w.next_batch()
+        with w.lock:
+            w.batcher.pool = np.zeros(0, dtype=np.int64)
+            st = w.snapshot()
+        buf = io.BytesIO()
+        torch.save(st, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=True)
+        w2, _ = make_worker()
+        w2.restore(loaded)
+        assert len(w2.batcher.pool) == 0 and len(w2.resumed) == len(st["pending"])
+        w2.close()
+    finally:
+        w.close()
 
 
 def test_features_match_tfidf_and_are_rebuilt_when_data_changes(tiny_data_bin, tmp_path):
