@@ -75,3 +75,87 @@ def test_two_ranks_hydra_train(tiny_data_bin, tmp_path):
     log = out.read_text()
     assert rc == 0, log[-3000:]
     assert "distributed init (rank 0)" in log and (save / "checkpoint_last.pt").exists()
+
+
+# -- no rank outlives the launcher ------------------------------------------------------------
+# each rank writes its pid to DIR/rank<R>.pid (R: the --distributed-rank the launcher appends)
+# and sleeps; the launcher accepts any command, so no training is needed to hold the ranks
+SLEEPER = ("import os, sys, time; d = os.environ['PID_DIR']; "
+           "open(os.path.join(d, 'rank%s.pid' % sys.argv[-1]), 'w').write(str(os.getpid())); "
+           "time.sleep(120)")
+
+
+def _alive(pid):
+    """Running (not gone, not a zombie left to a parent that does not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(cond, timeout):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def _start_launcher(tmp_path):
+    import subprocess
+
+    env = cli_env()
+    env["PID_DIR"] = str(tmp_path)
+    import fairseq_efficiency.cli.launch as launcher
+
+    # the module's file as a script: same code as the console script, without the
+    # seconds that importing the plugin (torch, fairseq) costs
+    proc = subprocess.Popen(
+        [sys.executable, launcher.__file__, "--nproc", "2", "--", sys.executable, "-c", SLEEPER],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
+    assert _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
+        proc.stderr.read() if proc.poll() is not None else "ranks did not start"
+    pids = [int(p.read_text()) for p in pid_files]
+    assert all(_alive(p) for p in pids)
+    return proc, pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_stop_signal_to_launcher_stops_every_rank(tmp_path, sig):
+    import signal
+
+    proc, pids = _start_launcher(tmp_path)
+    try:
+        proc.send_signal(getattr(signal, sig))
+        rc = proc.wait(timeout=15)
+        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+        assert rc == 128 + getattr(signal, sig)  # as a shell reports a signal's exit
+    finally:
+        proc.kill()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
+def test_killed_launcher_takes_its_ranks_along(tmp_path):
+    import signal
+
+    proc, pids = _start_launcher(tmp_path)
+    try:
+        groups = [os.getpgid(p) for p in pids + [proc.pid]]
+        proc.kill()  # no handler runs: the kernel's parent-death signal must end the ranks
+        proc.wait(timeout=15)
+        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+        # the ranks share a process group of their own (signals reach their children too)
+        assert groups[0] == groups[1] != groups[2]
+    finally:
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
