@@ -49,3 +49,13 @@ def train_args(data_bin, save_dir, *extra):
         "--no-progress-bar",
         *TINY_LSTM, *map(str, extra),
     ]
+
+
+def assert_one_line_error(res, message):
+    """A user error inside a fairseq command: exit status 2 and one line
+    ``fairseq-efficiency: ...`` naming it, no traceback."""
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, (res.returncode, out[-3000:])
+    assert "Traceback" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if "fairseq-efficiency:" in line]
+    assert len(lines) == 1 and message in lines[0], out[-3000:]

@@ -18,6 +18,7 @@ import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.pruning.classes import find_weight_classes, split_patterns
@@ -70,7 +71,7 @@ def validate(cfg):
     check_ratio(getattr(cfg, "prune_ratio", 0.0), "--prune-ratio")
     check_scheme(str(getattr(cfg, "prune_scheme", "class-blind")))
     if cfg.prune_lr_scale <= 0:
-        raise ValueError(f"--prune-lr-scale must be > 0, got {cfg.prune_lr_scale}")
+        raise PluginConfigError(f"--prune-lr-scale must be > 0, got {cfg.prune_lr_scale}")
     return pruning_schedule(cfg.prune_ratio, cfg.prune_at_update, cfg.prune_steps,
                             cfg.prune_end_update)
 
@@ -206,9 +207,10 @@ def build(cfg, restoring=False):
         return None
     if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from:
         if getattr(cfg, "mesimp_interval", 0) > 0:
-            raise ValueError("pruning masks need fixed matrix shapes, which meSimp changes: "
-                             "simplify first, then prune the meSimp checkpoint "
-                             "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
+            raise PluginConfigError(
+                "pruning masks need fixed matrix shapes, which meSimp changes: "
+                "simplify first, then prune the meSimp checkpoint "
+                "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
         return PruningHook(cfg)
     check_ratio(cfg.prune_ratio, "--prune-ratio")  # e.g. a negative ratio
     return None

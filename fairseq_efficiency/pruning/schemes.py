@@ -21,6 +21,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
+from fairseq_efficiency.errors import PluginConfigError
+
 SCHEMES = ("class-blind", "class-uniform", "class-distribution")
 
 Classes = Mapping[str, Mapping[str, torch.Tensor]]
@@ -29,14 +31,15 @@ Classes = Mapping[str, Mapping[str, torch.Tensor]]
 def check_ratio(ratio: float, what: str = "pruning ratio") -> float:
     ratio = float(ratio)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{what} must be in [0, 1), got {ratio}")
+        raise PluginConfigError(f"{what} must be in [0, 1), got {ratio}")
     return ratio
 
 
 def check_scheme(scheme: str) -> str:
     scheme = str(scheme)
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+        raise PluginConfigError(
+            f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
     return scheme
 
 
