@@ -105,7 +105,7 @@ def _wait_for(cond, timeout):
     return cond()
 
 
-def _start_launcher(tmp_path):
+def _start_launcher(tmp_path, rank_code=SLEEPER):
     import subprocess
 
     env = cli_env()
@@ -115,7 +115,7 @@ def _start_launcher(tmp_path):
     # the module's file as a script: same code as the console script, without the
     # seconds that importing the plugin (torch, fairseq) costs
     proc = subprocess.Popen(
-        [sys.executable, launcher.__file__, "--nproc", "2", "--", sys.executable, "-c", SLEEPER],
+        [sys.executable, launcher.__file__, "--nproc", "2", "--", sys.executable, "-c", rank_code],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
     assert _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
@@ -159,3 +159,39 @@ def test_killed_launcher_takes_its_ranks_along(tmp_path):
         for p in pids:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+STUBBORN = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + SLEEPER
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_ranks_that_ignore_sigterm_are_killed_at_a_second_signal(tmp_path):
+    import signal
+    import time
+
+    proc, pids = _start_launcher(tmp_path, STUBBORN)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None and all(_alive(p) for p in pids)  # within the grace period
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)  # a second stop signal: SIGKILL now
+        assert proc.wait(timeout=15) == 128 + signal.SIGTERM and time.time() - t0 < 5
+        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+    finally:
+        proc.kill()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_ranks_that_ignore_sigterm_are_killed_after_the_grace_period(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("PID_DIR", str(tmp_path))
+    t0 = time.time()
+    rc = launch([sys.executable, "-c", STUBBORN], nproc=2, timeout=4, grace=1.0)
+    assert rc == 124 and time.time() - t0 < 15
+    pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in range(2)]
+    assert not any(_alive(p) for p in pids)
