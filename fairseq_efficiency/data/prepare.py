@@ -67,6 +67,10 @@ def _claim(out_dir, force):
     """Make sure ``out_dir`` is the tool's to write into: new, empty, stamped, or ``force``."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise PluginConfigError(f"{out_dir} exists and is not a directory")
+    bin_dir = os.path.join(out_dir, "data-bin")
+    if os.path.islink(bin_dir) or (os.path.exists(bin_dir) and not os.path.isdir(bin_dir)):
+        raise PluginConfigError(f"{bin_dir} is not a directory (a link or a file): the tool "
+                                "replaces data-bin/ by renaming, so it must be a plain directory")
     owner = os.path.join(out_dir, _OWNER)
     stamped = isinstance(_read_json(owner), dict) or isinstance(
         _read_json(os.path.join(out_dir, "data-bin", _STAMP)), dict)

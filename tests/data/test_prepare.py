@@ -99,3 +99,13 @@ def test_output_that_is_a_file_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "not a directory" in err[0]
     assert f.read_text() == "x"
+    # a data-bin that links elsewhere is not renamed away (nor its target's files moved)
+    out, target = tmp_path / "o", tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "NOTES.txt").write_text("n")
+    out.mkdir()
+    (out / "data-bin").symlink_to(target)
+    with pytest.raises(SystemExit):
+        main([str(out), "--force"] + SMALL)
+    assert "is not a directory" in capsys.readouterr().err
+    assert os.listdir(target) == ["NOTES.txt"] and sorted(os.listdir(out)) == ["data-bin"]
