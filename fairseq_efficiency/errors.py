@@ -6,12 +6,14 @@ fairseq calls into the plugin (task set-up, model and criterion building, the
 hook calls) are wrapped in :func:`user_errors`: inside a fairseq command
 (``fairseq-train``, ``fairseq-generate``, ...) such an error is logged as one
 line, ``fairseq-efficiency: <message>``, and the process exits with status 2,
-argparse's status for bad arguments. Any other exception keeps its traceback.
+argparse's status for bad arguments (:func:`_exit`). Any other exception keeps its
+traceback.
 """
 import contextlib
 import logging
 import os
 import sys
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +31,21 @@ def fairseq_command_line() -> bool:
         prog.startswith("fairseq-") and not prog.startswith("fairseq-efficiency"))
 
 
+def _exit(status):
+    """``SystemExit(status)``; once training runs, ``os._exit`` after flushing the logs: Python's
+    shutdown stops daemon threads (fairseq's batch prefetcher) wherever they are, and one
+    stopped inside torch's C++ code aborts the process (status 134) instead."""
+    if any(t.daemon and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(status)
+    raise SystemExit(status) from None
+
+
 class user_errors(contextlib.ContextDecorator):
     """Decorator/context manager at the plugin's edge: a :class:`PluginConfigError` that
-    reaches it inside a fairseq command becomes one logged line and ``SystemExit(2)``."""
+    reaches it inside a fairseq command becomes one logged line and exit status 2."""
 
     def __enter__(self):
         return self
@@ -39,5 +53,5 @@ class user_errors(contextlib.ContextDecorator):
     def __exit__(self, exc_type, exc, tb):
         if isinstance(exc, PluginConfigError) and fairseq_command_line():
             logger.error("fairseq-efficiency: %s", " ".join(str(exc).split()))
-            raise SystemExit(2) from None
+            _exit(2)
         return False

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from fairseq_efficiency import errors
 from fairseq_efficiency.errors import PluginConfigError, user_errors
 
 
@@ -14,6 +15,8 @@ def _fail(exc):
 
 def test_user_error_is_one_line_and_status_2_in_a_fairseq_command(monkeypatch, caplog):
     monkeypatch.setattr(sys, "argv", ["/venv/bin/fairseq-train", "data-bin"])
+    # no daemon thread here (else the process would end at once, see the CLI tests)
+    monkeypatch.setattr(errors.threading, "enumerate", lambda: [])
     with caplog.at_level(logging.ERROR, logger="fairseq_efficiency"):
         with pytest.raises(SystemExit) as e:
             _fail(PluginConfigError("--x must be > 0,\n  got -1"))

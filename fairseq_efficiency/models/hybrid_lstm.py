@@ -225,9 +225,10 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
         target = sample["target"]
         share = net_output[1].get(HYBRID_SHARE) if isinstance(net_output[1], dict) else None
         if share is not None and target.size(0) != share[1] - share[0]:
-            raise PluginConfigError(
-                "hybrid_lstm across ranks computes the loss of a batch share per "
-                "rank: use --criterion hybrid_cross_entropy")
+            with user_errors():  # the first training step's criterion calls this
+                raise PluginConfigError(
+                    "hybrid_lstm across ranks computes the loss of a batch share per "
+                    "rank: use --criterion hybrid_cross_entropy")
         return target
 
 

@@ -66,6 +66,8 @@ def test_errors_at_start_up(tiny_data_bin, tmp_path):
         (["--meprop-k", "0"], "--meprop-k must be > 0"),
         (["--meprop-k", "2.5"], "must be an integer"),
         (["--meprop-mode", "rows"], "unknown meProp mode"),
+        # found at the first training step (no epoch signal from the task): still one line
+        (["--task", "translation"], "--meprop-alternate needs --task translation_efficiency"),
     ]
     for extra, msg in cases:
         res = run_cli("fairseq_cli.train",
