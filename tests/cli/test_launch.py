@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from fairseq_efficiency.cli.launch import launch, main, rank_argv
-from tests.helpers import cli_env, train_args
+from tests.helpers import alive, cli_env, train_args, wait_for
 
 
 def test_rank_argv_adds_only_missing_flags():
@@ -85,26 +85,6 @@ SLEEPER = ("import os, sys, time; d = os.environ['PID_DIR']; "
            "time.sleep(120)")
 
 
-def _alive(pid):
-    """Running (not gone, not a zombie left to a parent that does not reap)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_for(cond, timeout):
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def _start_launcher(tmp_path, rank_code=SLEEPER):
     import subprocess
 
@@ -118,10 +98,10 @@ def _start_launcher(tmp_path, rank_code=SLEEPER):
         [sys.executable, launcher.__file__, "--nproc", "2", "--", sys.executable, "-c", rank_code],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
-    assert _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
+    assert wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
         proc.stderr.read() if proc.poll() is not None else "ranks did not start"
     pids = [int(p.read_text()) for p in pid_files]
-    assert all(_alive(p) for p in pids)
+    assert all(alive(p) for p in pids)
     return proc, pids
 
 
@@ -134,12 +114,12 @@ def test_stop_signal_to_launcher_stops_every_rank(tmp_path, sig):
     try:
         proc.send_signal(getattr(signal, sig))
         rc = proc.wait(timeout=15)
-        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
         assert rc == 128 + getattr(signal, sig)  # as a shell reports a signal's exit
     finally:
         proc.kill()
         for p in pids:
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
 
 
@@ -152,12 +132,12 @@ def test_killed_launcher_takes_its_ranks_along(tmp_path):
         groups = [os.getpgid(p) for p in pids + [proc.pid]]
         proc.kill()  # no handler runs: the kernel's parent-death signal must end the ranks
         proc.wait(timeout=15)
-        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
         # the ranks share a process group of their own (signals reach their children too)
         assert groups[0] == groups[1] != groups[2]
     finally:
         for p in pids:
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
 
 
@@ -173,15 +153,15 @@ def test_ranks_that_ignore_sigterm_are_killed_at_a_second_signal(tmp_path):
     try:
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
-        assert proc.poll() is None and all(_alive(p) for p in pids)  # within the grace period
+        assert proc.poll() is None and all(alive(p) for p in pids)  # within the grace period
         t0 = time.time()
         proc.send_signal(signal.SIGINT)  # a second stop signal: SIGKILL now
         assert proc.wait(timeout=15) == 128 + signal.SIGTERM and time.time() - t0 < 5
-        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
     finally:
         proc.kill()
         for p in pids:
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
 
 
@@ -194,4 +174,4 @@ def test_ranks_that_ignore_sigterm_are_killed_after_the_grace_period(tmp_path, m
     rc = launch([sys.executable, "-c", STUBBORN], nproc=2, timeout=4, grace=1.0)
     assert rc == 124 and time.time() - t0 < 15
     pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in range(2)]
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)

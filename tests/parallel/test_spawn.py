@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from tests.cli.test_launch import _alive, _wait_for
-from tests.helpers import cli_env
+from tests.helpers import alive, cli_env, wait_for
 
 CALLER = """
 import os, sys, time
@@ -28,14 +27,14 @@ def test_terminated_caller_leaves_no_rank(tmp_path):
     files = [tmp_path / f"rank{r}.pid" for r in range(2)]
     pids = []
     try:
-        assert _wait_for(lambda: all(f.exists() and f.read_text() for f in files), 120), \
+        assert wait_for(lambda: all(f.exists() and f.read_text() for f in files), 120), \
             proc.stderr.read() if proc.poll() is not None else "ranks did not start"
         pids = [int(f.read_text()) for f in files]
         proc.send_signal(signal.SIGTERM)  # no handler: the caller dies, its finally never runs
         proc.wait(timeout=15)
-        assert _wait_for(lambda: not any(_alive(p) for p in pids), 5), "a rank survived"
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
     finally:
         proc.kill()
         for p in pids:
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
