@@ -20,11 +20,13 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
+from fairseq_efficiency.errors import PluginConfigError
+
 TASK_KEY = "TranslationEfficiencyTask"  # the host task's class name, fairseq's key for its state
 HOOKS = "hooks"
 
 
-class CheckpointStateError(ValueError):
+class CheckpointStateError(PluginConfigError):
     """A checkpoint named by the user cannot provide the state asked of it (one-line message)."""
 
 

@@ -14,6 +14,7 @@ hooks follows fairseq's data iterator (dropped with ``--reset-dataloader``).
 """
 from typing import Callable, Iterable, List, Optional, Set, Tuple
 
+from fairseq_efficiency.errors import user_errors
 from fairseq_efficiency.hooks import EfficiencyHook
 
 _FACTORIES: List[Tuple[Callable, Optional[str]]] = []
@@ -27,6 +28,7 @@ def register_hook_factory(fn: Optional[Callable] = None, *, restores: Optional[s
     return wrap(fn) if fn is not None else wrap
 
 
+@user_errors()
 def build_hooks(cfg) -> List[EfficiencyHook]:
     """The hooks of every technique switched on in ``cfg``, in registration order."""
     hooks = []
@@ -37,6 +39,7 @@ def build_hooks(cfg) -> List[EfficiencyHook]:
     return hooks
 
 
+@user_errors()
 def build_restoring_hooks(cfg, names: Iterable[str]) -> List[EfficiencyHook]:
     """Hooks built only to carry checkpointed state for the hook ``names``."""
     names = set(names)

@@ -35,6 +35,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from fairseq_efficiency.errors import user_errors
+
 
 def torch_optimizer(optimizer):
     """The ``torch.optim.Optimizer`` inside fairseq's optimizer wrappers (``.optimizer``),
@@ -135,7 +137,12 @@ class EfficiencyHook:
 
 
 class HookList:
-    """Runs the enabled hooks in order; owns the checkpointed state of all of them."""
+    """Runs the enabled hooks in order; owns the checkpointed state of all of them.
+
+    Every call into the hooks passes :func:`~fairseq_efficiency.errors.user_errors`: a
+    hook's :class:`~fairseq_efficiency.errors.PluginConfigError` is one line in fairseq's
+    command lines.
+    """
 
     def __init__(self, hooks=()):
         self.hooks = list(hooks)
@@ -166,10 +173,12 @@ class HookList:
     def needs_sentence_losses(self):
         return any(h.needs_sentence_losses for h in self.hooks)
 
+    @user_errors()
     def call(self, method, *args, **kwargs):
         for h in self.hooks:
             getattr(h, method)(*args, **kwargs)
 
+    @user_errors()
     def train_batch_iterator(self, task, dataset, **kwargs):
         for h in self.hooks:
             itr = h.train_batch_iterator(task, dataset, **kwargs)
@@ -177,11 +186,13 @@ class HookList:
                 return itr
         return None
 
+    @user_errors()
     def add(self, hook: EfficiencyHook):
         """Append a hook built after the task (e.g. to carry a restored checkpoint's state)."""
         self._validate(self.hooks + [hook])
         self.hooks.append(hook)
 
+    @user_errors()
     def batch_shards(self, num_shards, shard_id):
         for h in self.hooks:
             num_shards, shard_id = h.batch_shards(num_shards, shard_id)
@@ -190,6 +201,7 @@ class HookList:
     def state_dict(self):
         return {h.name: h.state_dict() for h in self.hooks}
 
+    @user_errors()
     def load_state_dict(self, state):
         for h in self.hooks:
             if h.name in state:

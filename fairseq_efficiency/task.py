@@ -25,6 +25,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
+from fairseq_efficiency.errors import PluginConfigError, user_errors
 from fairseq_efficiency.features import build_hooks, build_restoring_hooks, restorable_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
 from fairseq_efficiency.assist.config import AutoAssistConfig
@@ -62,10 +63,11 @@ class TranslationEfficiencyTask(TranslationTask):
             atexit.register(self.hooks.call, "close")
 
     @classmethod
+    @user_errors()  # the plugin's options are validated here, one line each
     def setup_task(cls, cfg, **kwargs):
         for path in utils.split_paths(cfg.data):
             if not os.path.isdir(path):
-                raise FileNotFoundError(
+                raise PluginConfigError(
                     f"translation_efficiency: data directory {path} does not exist "
                     "(binarize your corpus with fairseq-preprocess, or fairseq-efficiency-prepare)"
                 )
@@ -91,6 +93,7 @@ class TranslationEfficiencyTask(TranslationTask):
         return super().get_batch_iterator(dataset, **kwargs)
 
     # -- model and criterion --------------------------------------------------------
+    @user_errors()
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         self.hooks.call("on_model_built", model)
@@ -98,12 +101,13 @@ class TranslationEfficiencyTask(TranslationTask):
             self.hooks.call("on_train_model_built", model)
         return model
 
+    @user_errors()
     def build_criterion(self, cfg, from_checkpoint=False):
         criterion = super().build_criterion(cfg, from_checkpoint)
         if self.hooks.needs_sentence_losses:
             if not getattr(criterion, "supports_sentence_loss", False):
                 names = [h.name for h in self.hooks if h.needs_sentence_losses]
-                raise ValueError(
+                raise PluginConfigError(
                     f"{', '.join(names)} needs per-sentence losses: use "
                     "--criterion sentence_cross_entropy (same loss as "
                     f"label_smoothed_cross_entropy), not {type(criterion).__name__}"

@@ -54,3 +54,35 @@ def train_args(data_bin, save_dir, *extra):
 def gpu_train_args(data_bin, save_dir, *extra):
     """:func:`train_args` on the first CUDA device (fairseq's default without ``--cpu``)."""
     return [a for a in train_args(data_bin, save_dir, *extra) if a != "--cpu"]
+
+
+def assert_one_line_error(res, message):
+    """A user error inside a fairseq command: exit status 2 and one line
+    ``fairseq-efficiency: ...`` naming it, no traceback."""
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, (res.returncode, out[-3000:])
+    assert "Traceback" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if "fairseq-efficiency:" in line]
+    assert len(lines) == 1 and message in lines[0], out[-3000:]
+
+
+def alive(pid):
+    """Process ``pid`` is running (not gone, not a zombie left to a parent that does not
+    reap it); Linux only (/proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(cond, timeout):
+    """Poll ``cond()`` until it is true or ``timeout`` seconds passed; its last value."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()

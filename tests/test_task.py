@@ -11,7 +11,7 @@ from fairseq.trainer import Trainer
 
 from fairseq_efficiency.hooks import EfficiencyHook, HookList
 from fairseq_efficiency.task import TranslationEfficiencyTask
-from tests.helpers import run_cli, train_args
+from tests.helpers import assert_one_line_error, run_cli, train_args
 
 
 def build(data_bin, save_dir, task, criterion="sentence_cross_entropy", extra=()):
@@ -160,6 +160,4 @@ def test_hooklist_rejects_two_iterator_owners():
 def test_missing_data_dir_is_one_clear_line(tmp_path):
     res = run_cli("fairseq_cli.train", train_args(str(tmp_path / "nope"), tmp_path / "ck",
                                                   "--task", "translation_efficiency"), check=False)
-    assert res.returncode != 0
-    last = res.stderr.strip().splitlines()[-1]
-    assert "data directory" in last and "nope" in last
+    assert_one_line_error(res, f"data directory {tmp_path / 'nope'} does not exist")

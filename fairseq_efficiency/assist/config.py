@@ -3,6 +3,8 @@ from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum
 
+from fairseq_efficiency.errors import PluginConfigError
+
 SELECTION_CHOICES = ChoiceEnum(["uniform", "autoassist", "self-paced", "dynamic-sampling"])
 
 
@@ -56,8 +58,9 @@ def validate(cfg):
     """Reject invalid values with one clear message."""
     sel = str(getattr(cfg, "instance_selection", "uniform"))
     if sel not in SELECTION_CHOICES.__members__ and sel not in [str(c) for c in SELECTION_CHOICES]:
-        raise ValueError(f"--instance-selection must be one of uniform, autoassist, self-paced, "
-                         f"dynamic-sampling; got {sel!r}")
+        raise PluginConfigError(
+            f"--instance-selection must be one of uniform, autoassist, self-paced, "
+            f"dynamic-sampling; got {sel!r}")
     checks = [
         ("assist_lr", lambda v: v > 0, "> 0"),
         ("assist_l2", lambda v: v >= 0, ">= 0"),
@@ -75,5 +78,5 @@ def validate(cfg):
     for name, ok, what in checks:
         v = getattr(cfg, name)
         if not ok(v):
-            raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {v}")
+            raise PluginConfigError(f"--{name.replace('_', '-')} must be {what}, got {v}")
     return sel

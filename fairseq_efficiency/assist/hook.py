@@ -25,6 +25,7 @@ from fairseq_efficiency.assist.iterator import ShrinkingEpochBatchIterator
 from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamplingSelector,
                                                  SelfPacedSelector)
 from fairseq_efficiency.assist.worker import AssistWorker, CandidateStream, RefillBatcher
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 
@@ -82,7 +83,7 @@ class InstanceSelectionHook(EfficiencyHook):
         valid = np.asarray(indices, dtype=np.int64)
         part = valid[np.random.default_rng(seed).permutation(len(valid))][self.rank::self.world]
         if len(part) == 0:
-            raise ValueError(f"{self.selection}: the training data shard of worker {self.rank} of "
+            raise PluginConfigError(f"{self.selection}: the training data shard of worker {self.rank} of "
                              f"{self.world} is empty ({len(valid)} usable training pairs)")
         in_shard = np.zeros(n, dtype=bool)
         in_shard[part] = True
@@ -104,7 +105,7 @@ class InstanceSelectionHook(EfficiencyHook):
                                     len(task.src_dict), len(task.tgt_dict),
                                     task.src_dict.nspecial, cfg.assist_rebuild_features)
             if x.shape[0] != n:
-                raise ValueError(f"features {path} have {x.shape[0]} rows but the training set "
+                raise PluginConfigError(f"features {path} have {x.shape[0]} rows but the training set "
                                  f"has {n} pairs (sharded data directories are not supported)")
             assistant = Assistant(x.shape[1], lr=cfg.assist_lr, l2=cfg.assist_l2,
                                   threshold_decay=cfg.assist_threshold_decay,
@@ -240,10 +241,10 @@ class InstanceSelectionHook(EfficiencyHook):
             self._pending_state = state
             return
         if state["selection"] != self.selection:
-            raise ValueError(f"the checkpoint was trained with --instance-selection "
+            raise PluginConfigError(f"the checkpoint was trained with --instance-selection "
                              f"{state['selection']}, not {self.selection}")
         if state["world_size"] != self.world:
-            raise ValueError(f"the checkpoint holds {self.selection} states of "
+            raise PluginConfigError(f"the checkpoint holds {self.selection} states of "
                              f"{state['world_size']} workers, this run has {self.world}")
         mine = state["ranks"][self.rank]
         self.worker.restore(mine["worker"])

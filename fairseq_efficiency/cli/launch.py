@@ -17,6 +17,13 @@ set per rank.
 Rank 0's output goes to the terminal, the others' to ``--log-dir`` (or are
 discarded). If one rank fails, the others are stopped and its exit code is
 returned, so a crashed rank never leaves the rest hanging.
+
+No rank outlives the launcher: the ranks run in a process group of their own;
+SIGTERM, SIGINT and SIGHUP sent to the launcher are forwarded to that group
+(SIGKILL after a grace period, or at a second signal) and the launcher exits
+with 128 + the signal number; on Linux every rank also gets SIGTERM from the
+kernel when the launcher dies without a chance to clean up (``kill -9``;
+``prctl(PR_SET_PDEATHSIG)``).
 """
 import argparse
 import os
@@ -25,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 _MODULES = {
@@ -32,6 +40,34 @@ _MODULES = {
     "fairseq-hydra-train": "fairseq_cli.hydra_train",
     "fairseq-validate": "fairseq_cli.validate",
 }
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = None
+
+
+def _prctl():
+    """libc's ``prctl`` (loaded once, in the parent: nothing is loaded after a fork)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.prctl
+
+
+def parent_death_signal(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
+    """Have Linux send ``sig`` to this process when its parent ``parent_pid`` dies
+    (``prctl(PR_SET_PDEATHSIG)``, kept across ``exec``); if the parent is already gone,
+    send it now. Returns False (and does nothing) on other systems."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if _prctl()(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the prctl
+        os.kill(os.getpid(), sig)
+    return True
 
 
 def free_port() -> int:
@@ -89,11 +125,72 @@ def _command(argv):
     return [argv[0]], list(argv[1:])
 
 
+def _rank_preexec(pgid: int, parent_pid: int):
+    """Runs in each rank between fork and exec: join the ranks' process group (``pgid``
+    0: start it) and die with the launcher."""
+    def preexec():
+        os.setpgid(0, pgid)
+        parent_death_signal(parent_pid)
+    return preexec
+
+
+class _Ranks:
+    """The rank processes, one process group; stopped by signal or at the end."""
+
+    def __init__(self):
+        self.procs = []
+        self.pgid = None
+        self.signals = []  # stop signals received by the launcher, in order
+
+    def start(self, cmd, **kwargs):
+        if os.name == "posix":
+            if sys.platform.startswith("linux"):
+                _prctl()
+            kwargs["preexec_fn"] = _rank_preexec(self.pgid or 0, os.getpid())
+        p = subprocess.Popen(cmd, **kwargs)
+        self.procs.append(p)
+        if self.pgid is None and os.name == "posix":
+            self.pgid = p.pid
+        return p
+
+    def _send(self, sig):
+        """``sig`` to the group (grandchildren included) while one of its ranks is
+        unreaped (the group id cannot have been reused then)."""
+        if not any(p.returncode is None for p in self.procs):
+            return
+        if self.pgid is not None:
+            try:
+                os.killpg(self.pgid, sig)
+                return
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, grace=10.0):
+        """Send ``sig``, wait up to ``grace`` s (a further stop signal cuts it short),
+        then SIGKILL what is left."""
+        self._send(sig)
+        seen = len(self.signals)
+        deadline = time.time() + grace
+        while any(p.poll() is None for p in self.procs):
+            if time.time() > deadline or len(self.signals) > seen:
+                self._send(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        for p in self.procs:
+            p.wait()
+
+
 def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None, timeout=None,
-           stdout=None):
+           stdout=None, grace=10.0):
     """Run ``argv`` (e.g. ``["fairseq-train", data, ...]``) as ``nproc`` ranks; return the exit code.
 
     ``stdout``: a file for rank 0's output (default: this process's stdout).
+    A stop signal (SIGTERM, SIGINT, SIGHUP) received meanwhile is forwarded to the
+    ranks, which get ``grace`` seconds before SIGKILL; the return code is then
+    128 + the signal number (handlers are only installed from the main thread).
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
@@ -106,20 +203,28 @@ def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None,
     base_env["OMP_NUM_THREADS"] = str(threads_per_rank)
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-    procs, logs = [], []
+    ranks, logs, previous = _Ranks(), [], {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # keep nohup's SIGHUP ignored
+                previous[sig] = signal.signal(sig, lambda signum, frame: ranks.signals.append(signum))
     try:
         for rank in range(nproc):
+            if ranks.signals:
+                break
             out = stdout
             if rank > 0:
                 out = open(os.path.join(log_dir, f"rank{rank}.log"), "w") if log_dir else subprocess.DEVNULL
                 if log_dir:
                     logs.append(out)
             cmd = prefix + rank_argv(args, rank, nproc, port, hydra=hydra)
-            procs.append(subprocess.Popen(cmd, env=base_env, stdout=out,
-                                          stderr=subprocess.STDOUT if out else None))
+            ranks.start(cmd, env=base_env, stdout=out, stderr=subprocess.STDOUT if out else None)
         deadline = time.time() + timeout if timeout else None
         while True:
-            codes = [p.poll() for p in procs]
+            if ranks.signals:
+                ranks.stop(ranks.signals[0], grace)
+                return 128 + ranks.signals[0]
+            codes = [p.poll() for p in ranks.procs]
             failed = [c for c in codes if c not in (None, 0)]
             if failed:
                 return failed[0]
@@ -129,14 +234,9 @@ def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None,
                 return 124
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        ranks.stop(signal.SIGTERM, grace)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for f in logs:
             f.close()
 

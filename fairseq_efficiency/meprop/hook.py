@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.meprop.mesimp import MeSimp, reset_optimizer_state
@@ -53,11 +54,13 @@ class MeSimpHook(EfficiencyHook):
         self.stage_epochs = cfg.mesimp_stage_epochs
         self.normal_epochs = cfg.mesimp_normal_epochs
         if self.interval < 0:
-            raise ValueError(f"--mesimp-interval must be >= 0 (got {self.interval})")
+            raise PluginConfigError(f"--mesimp-interval must be >= 0 (got {self.interval})")
         if not (0.0 <= self.prune_rate <= 1.0):
-            raise ValueError(f"--mesimp-prune-rate must lie in [0, 1] (got {self.prune_rate})")
+            raise PluginConfigError(
+                f"--mesimp-prune-rate must lie in [0, 1] (got {self.prune_rate})")
         if self.stage_epochs < 1 or self.normal_epochs < 0:
-            raise ValueError("--mesimp-stage-epochs must be >= 1 and --mesimp-normal-epochs >= 0")
+            raise PluginConfigError(
+                "--mesimp-stage-epochs must be >= 1 and --mesimp-normal-epochs >= 0")
         self.mesimp = None
         self.simplifying = True
         self.reset_pending = False
@@ -66,8 +69,8 @@ class MeSimpHook(EfficiencyHook):
     def on_model_built(self, model):
         groups = model.mesimp_groups() if hasattr(model, "mesimp_groups") else []
         if not groups:
-            raise ValueError("--mesimp-interval needs a model with meProp layers "
-                             "(--arch lstm_meprop or transformer_meprop)")
+            raise PluginConfigError("--mesimp-interval needs a model with meProp layers "
+                                    "(--arch lstm_meprop or transformer_meprop)")
         # Algorithm 2 uses an absolute k: a ratio would shrink with the layer and let every
         # simplification remove more units (a layer then collapses to a handful); with k fixed,
         # a layer stops shrinking at k units, where its top-k is the whole layer
@@ -95,8 +98,8 @@ class MeSimpHook(EfficiencyHook):
     def before_optimizer_step(self, model, optimizer, update_num):
         if self.reset_pending:
             if not reset_optimizer_state(optimizer):
-                raise ValueError("meSimp cannot reset this optimizer (fp16 wrappers with "
-                                 "flattened parameters are not supported)")
+                raise PluginConfigError("meSimp cannot reset this optimizer (fp16 wrappers with "
+                                        "flattened parameters are not supported)")
             logger.info("meSimp: new stage, optimizer state reset")
             self.reset_pending = False
 
@@ -104,7 +107,7 @@ class MeSimpHook(EfficiencyHook):
         if not self.simplifying:
             return
         if getattr(optimizer, "fp32_params", None) is not None:
-            raise ValueError("meSimp does not support --fp16/--bf16 (flattened fp32 copies)")
+            raise PluginConfigError("meSimp does not support --fp16/--bf16 (flattened fp32 copies)")
         self.mesimp.step(optimizer)
 
     def reduce_metrics(self, logging_outputs):

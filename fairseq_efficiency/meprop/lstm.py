@@ -158,6 +158,11 @@ class MePropLSTMCell(nn.Module):
         return self.weight_ih.shape[1]
 
     @property
+    def meprop_units(self) -> int:
+        """The units of each gate the top-k chooses from."""
+        return self.hidden_size
+
+    @property
     def k_eff(self) -> int:
         return resolve_k(self.k, self.hidden_size)
 

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.hooks import torch_optimizer
 from fairseq_efficiency.meprop.topk import TopKStats
 
@@ -113,11 +114,11 @@ class MeSimp:
 
     def __init__(self, groups: Sequence[PruneGroup], interval: int, prune_rate: float):
         if not groups:
-            raise ValueError("meSimp needs a model with meProp layers (none found)")
+            raise PluginConfigError("meSimp needs a model with meProp layers (none found)")
         if interval <= 0:
-            raise ValueError(f"--mesimp-interval must be >= 1 (got {interval})")
+            raise PluginConfigError(f"--mesimp-interval must be >= 1 (got {interval})")
         if not (0.0 <= prune_rate <= 1.0):
-            raise ValueError(f"--mesimp-prune-rate must lie in [0, 1] (got {prune_rate})")
+            raise PluginConfigError(f"--mesimp-prune-rate must lie in [0, 1] (got {prune_rate})")
         self.groups = list(groups)
         self.interval = interval
         self.prune_rate = prune_rate

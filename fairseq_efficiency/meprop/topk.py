@@ -25,23 +25,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fairseq_efficiency.errors import PluginConfigError
+
 MODES = ("unified", "per-example")
 
 
 def check_k(k) -> None:
     """Reject invalid ``k`` with one clear message (int >= 1 or ratio in (0, 1])."""
     if isinstance(k, bool) or not isinstance(k, (int, float)):
-        raise ValueError(f"meProp k must be an int >= 1 or a float ratio in (0, 1], got {k!r}")
+        raise PluginConfigError(
+            f"meProp k must be an int >= 1 or a float ratio in (0, 1], got {k!r}")
     if isinstance(k, int):
         if k <= 0:
-            raise ValueError(f"meProp k must be >= 1 (got {k})")
+            raise PluginConfigError(f"meProp k must be >= 1 (got {k})")
     elif not (0.0 < k <= 1.0) or math.isnan(k):
-        raise ValueError(f"meProp k ratio must lie in (0, 1] (got {k})")
+        raise PluginConfigError(f"meProp k ratio must lie in (0, 1] (got {k})")
 
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown meProp mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise PluginConfigError(f"unknown meProp mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 def resolve_k(k: Union[int, float], n: int) -> int:
@@ -51,17 +54,24 @@ def resolve_k(k: Union[int, float], n: int) -> int:
     return min(int(k), n)
 
 
+def dense_layers(model: nn.Module):
+    """``(name, units)`` of every meProp layer of ``model`` whose top-k keeps all of its
+    ``units`` outputs (``k >= units``): its backward is dense, meProp saves nothing there."""
+    return [(name, m.meprop_units) for name, m in model.named_modules()
+            if getattr(m, "meprop_units", None) is not None and m.k_eff >= m.meprop_units]
+
+
 def parse_k(value: float) -> Union[int, float]:
     """CLI value -> k: values < 1 are ratios, values >= 1 absolute (must be integral)."""
     if value is None:
-        raise ValueError("--meprop-k is required")
+        raise PluginConfigError("--meprop-k is required")
     value = float(value)
     if value <= 0 or math.isnan(value):
-        raise ValueError(f"--meprop-k must be > 0 (got {value:g})")
+        raise PluginConfigError(f"--meprop-k must be > 0 (got {value:g})")
     if value < 1:
         return value
     if value != int(value):
-        raise ValueError(f"--meprop-k >= 1 must be an integer count (got {value:g})")
+        raise PluginConfigError(f"--meprop-k >= 1 must be an integer count (got {value:g})")
     return int(value)
 
 
@@ -311,6 +321,11 @@ class TopKLinear(nn.Linear):
         new.bias = linear.bias
         _init_meprop(new, k, mode, n_caches=2)
         return new
+
+    @property
+    def meprop_units(self) -> int:
+        """The outputs the top-k chooses from."""
+        return self.weight.shape[0]
 
     @property
     def k_eff(self) -> int:

@@ -24,6 +24,7 @@ from fairseq.models import (
 )
 from omegaconf import II
 
+from fairseq_efficiency.errors import PluginConfigError, user_errors
 from fairseq_efficiency.parallel.fairseq_glue import HYBRID_SHARE, HYBRID_WAIT
 from fairseq_efficiency.parallel.pipeline import (
     DevicePipeline, WavefrontPipeline, check_wavefront_decoder,
@@ -62,13 +63,19 @@ def _layout(cfg):
     """(balance or None, chunks) from the ``--pipeline-*`` flags, validated."""
     enc = utils.eval_str_list(cfg.get("pipeline_encoder_balance", None), type=int)
     dec = utils.eval_str_list(cfg.get("pipeline_decoder_balance", None), type=int)
-    chunks = check_chunks(cfg.get("pipeline_chunks", None) or 1, "--pipeline-chunks")
-    if enc is None and dec is None:
-        return None, chunks
+    chunks = cfg.get("pipeline_chunks", None)
+    if enc is None and dec is None:  # no pipeline: fairseq's default 0 means "not set"
+        if chunks is not None and chunks < 0:
+            check_chunks(chunks, "--pipeline-chunks")
+        return None, 1
     if enc != dec:
-        raise ValueError("hybrid_lstm places decoder layer l with encoder layer l (it starts from "
-                         "that layer's final state): --pipeline-encoder-balance and "
-                         f"--pipeline-decoder-balance must be equal, got {enc} and {dec}")
+        raise PluginConfigError(
+            "hybrid_lstm places decoder layer l with encoder layer l (it starts from "
+            "that layer's final state): --pipeline-encoder-balance and "
+            f"--pipeline-decoder-balance must be equal, got {enc} and {dec}")
+    if chunks is None or chunks < 1:
+        raise PluginConfigError("--pipeline-chunks (time chunks of the pipeline) must be >= 1 "
+                                f"with --pipeline-encoder-balance, got {chunks}")
     return enc, chunks
 
 
@@ -157,15 +164,16 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
         self.pipeline = None
 
     @classmethod
+    @user_errors()
     def build_model(cls, cfg, task):
         for name in ("encoder_embed_dim", "decoder_embed_dim", "hidden_size", "layers"):
             if getattr(cfg, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+                raise PluginConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0 <= cfg.dropout < 1:
-            raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+            raise PluginConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if src_dict.pad() != tgt_dict.pad():
-            raise ValueError("source and target dictionaries must share the padding index")
+            raise PluginConfigError("source and target dictionaries must share the padding index")
         enc = HybridEncoder(len(src_dict), cfg.encoder_embed_dim, cfg.hidden_size, cfg.layers,
                             src_dict.pad(), cfg.dropout)
         dec = HybridDecoder(len(tgt_dict), cfg.decoder_embed_dim, cfg.hidden_size, cfg.layers,
@@ -183,13 +191,13 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
         enc, dec = self.encoder.core, self.decoder.core
         if cfg.get("pipeline_model_parallel", False):
             if balance is None:
-                raise ValueError("--pipeline-model-parallel with hybrid_lstm needs "
-                                 "--pipeline-encoder-balance/--pipeline-decoder-balance")
+                raise PluginConfigError("--pipeline-model-parallel with hybrid_lstm needs "
+                                        "--pipeline-encoder-balance/--pipeline-decoder-balance")
             devs = utils.eval_str_list(cfg.get("pipeline_encoder_devices", None), type=int)
             ddevs = utils.eval_str_list(cfg.get("pipeline_decoder_devices", None), type=int)
             if devs is None or (ddevs is not None and ddevs != devs):
-                raise ValueError("hybrid_lstm needs --pipeline-encoder-devices, equal to "
-                                 "--pipeline-decoder-devices when given")
+                raise PluginConfigError("hybrid_lstm needs --pipeline-encoder-devices, equal to "
+                                        "--pipeline-decoder-devices when given")
             out = utils.eval_str_list(cfg.get("pipeline_devices", None), type=int)
             self.pipeline = DevicePipeline(
                 enc, dec, balance, [torch.device("cuda", d) for d in devs], chunks,
@@ -217,8 +225,10 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
         target = sample["target"]
         share = net_output[1].get(HYBRID_SHARE) if isinstance(net_output[1], dict) else None
         if share is not None and target.size(0) != share[1] - share[0]:
-            raise ValueError("hybrid_lstm across ranks computes the loss of a batch share per "
-                             "rank: use --criterion hybrid_cross_entropy")
+            with user_errors():  # the first training step's criterion calls this
+                raise PluginConfigError(
+                    "hybrid_lstm across ranks computes the loss of a batch share per "
+                    "rank: use --criterion hybrid_cross_entropy")
         return target
 
 

@@ -30,7 +30,9 @@ from fairseq.models.lstm import Embedding, LSTMDecoder, LSTMEncoder
 from omegaconf import II
 from torch import Tensor
 
+from fairseq_efficiency.errors import PluginConfigError, user_errors
 from fairseq_efficiency.meprop import MePropLSTM, MePropLSTMCell, check_mode, parse_k
+from fairseq_efficiency.meprop.topk import dense_layers
 from fairseq_efficiency.meprop.mesimp import (
     Slice, group_tensor_names, lstm_cell_group, offset, resize_to_state_dict,
 )
@@ -221,9 +223,21 @@ class MePropModelMixin:
 
     def forward(self, *args, **kwargs):
         if self.training and self.meprop_cfg.meprop_alternate and not self._epoch_signal:
-            raise ValueError("--meprop-alternate needs --task translation_efficiency for training "
-                             "(it provides the epoch signal); generation works with any task")
+            with user_errors():  # fairseq's trainer calls this first
+                raise PluginConfigError(
+                    "--meprop-alternate needs --task translation_efficiency for training "
+                    "(it provides the epoch signal); generation works with any task")
         return super().forward(*args, **kwargs)
+
+    def warn_dense_layers(self):
+        """One warning (at build time) naming the layers that ``--meprop-k`` does not sparsify
+        because it is not smaller than the layer; returns them."""
+        dense = dense_layers(self)
+        if dense:
+            logger.warning("--meprop-k %g keeps every unit of %s: these layers back-propagate "
+                           "densely (no meProp)", self.meprop_cfg.meprop_k,
+                           ", ".join(f"{name} ({units} units)" for name, units in dense))
+        return dense
 
     def mesimp_groups(self):
         raise NotImplementedError
@@ -247,10 +261,11 @@ class LSTMMePropModel(MePropModelMixin, FairseqEncoderDecoderModel):
         self.meprop_cfg = cfg
 
     @classmethod
+    @user_errors()
     def build_model(cls, cfg, task):
         k = check_meprop_cfg(cfg)
         if cfg.encoder_layers != cfg.decoder_layers:
-            raise ValueError("--encoder-layers must match --decoder-layers")
+            raise PluginConfigError("--encoder-layers must match --decoder-layers")
 
         def drop(v):
             return cfg.dropout if v is None else v
@@ -259,17 +274,18 @@ class LSTMMePropModel(MePropModelMixin, FairseqEncoderDecoderModel):
                               task.source_dictionary.pad())
         if cfg.share_all_embeddings:
             if task.source_dictionary != task.target_dictionary:
-                raise ValueError("--share-all-embeddings requires a joint dictionary")
+                raise PluginConfigError("--share-all-embeddings requires a joint dictionary")
             if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
-                raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match "
-                                 "--decoder-embed-dim")
+                raise PluginConfigError(
+                    "--share-all-embeddings requires --encoder-embed-dim to match "
+                    "--decoder-embed-dim")
             dec_embed = enc_embed
         else:
             dec_embed = None
         share_io = cfg.share_decoder_input_output_embed or cfg.share_all_embeddings
         if share_io and cfg.decoder_embed_dim != cfg.decoder_out_embed_dim:
-            raise ValueError("--share-decoder-input-output-embeddings requires "
-                             "--decoder-embed-dim to match --decoder-out-embed-dim")
+            raise PluginConfigError("--share-decoder-input-output-embeddings requires "
+                                    "--decoder-embed-dim to match --decoder-out-embed-dim")
         if cfg.encoder_freeze_embed:
             enc_embed.weight.requires_grad = False
         encoder = MePropLSTMEncoder(
@@ -292,14 +308,15 @@ class LSTMMePropModel(MePropModelMixin, FairseqEncoderDecoderModel):
         model = cls(cfg, encoder, decoder)
         if cfg.meprop_alternate:
             model.apply_alternation(1)
+        model.warn_dense_layers()
         return model
 
     def mesimp_groups(self):
         """Every LSTM layer's hidden units (gates jointly), with their consumers."""
         enc, dec = self.encoder, self.decoder
         if enc.bidirectional or dec.attention is None or dec.encoder_hidden_proj is not None:
-            raise ValueError("meSimp on lstm_meprop needs a unidirectional encoder, decoder "
-                             "attention and --encoder-hidden-size == --decoder-hidden-size")
+            raise PluginConfigError("meSimp on lstm_meprop needs a unidirectional encoder, decoder "
+                                    "attention and --encoder-hidden-size == --decoder-hidden-size")
         ecells, dcells = list(enc.lstm.cells), list(dec.layers)
         att = dec.attention
         groups = []

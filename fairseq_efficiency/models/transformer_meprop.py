@@ -22,6 +22,7 @@ from fairseq.models.transformer import TransformerConfig, TransformerModelBase
 from fairseq.models.transformer.transformer_legacy import base_architecture
 from omegaconf import II
 
+from fairseq_efficiency.errors import user_errors
 from fairseq_efficiency.meprop import TopKLinear
 from fairseq_efficiency.meprop.mesimp import linear_group
 from fairseq_efficiency.models.lstm_meprop import MePropModelConfig, MePropModelMixin, check_meprop_cfg
@@ -80,12 +81,14 @@ class TransformerMePropModel(MePropModelMixin, TransformerModelBase):
         gen_parser_from_dataclass(parser, TransformerMePropConfig())
 
     @classmethod
+    @user_errors()
     def build_model(cls, cfg, task):
         # a plain TransformerModelBase to wrap (meProp flags are checked in __init__)
         base = TransformerModelBase.build_model(_to_transformer_config(cfg), task)
         model = cls(base.cfg, base.encoder, base.decoder, meprop_cfg=cfg)
         if cfg.meprop_alternate:
             model.apply_alternation(1)
+        model.warn_dense_layers()
         return model
 
     def mesimp_groups(self):

@@ -21,6 +21,7 @@ from omegaconf import II
 from fairseq_efficiency.criterions.sentence_cross_entropy import (
     SentenceCrossEntropyConfig, SentenceCrossEntropyCriterion,
 )
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.parallel.pipeline import WavefrontPipeline
@@ -92,21 +93,21 @@ class PipelineGroupShards(EfficiencyHook):
         # the criterion reports per-sentence losses only when a hook needs them
         # (TranslationEfficiencyTask.build_criterion)
         if task.hooks.needs_sentence_losses:
-            raise ValueError("per-sentence losses are not available with hybrid_lstm "
-                             "across ranks (each rank scores a share of the batch)")
+            raise PluginConfigError("per-sentence losses are not available with hybrid_lstm "
+                                    "across ranks (each rank scores a share of the batch)")
 
     def on_model_built(self, model):
         if not isinstance(getattr(model, "pipeline", None), WavefrontPipeline):
-            raise ValueError("--pipeline-encoder-balance without --pipeline-model-parallel "
-                             "runs the hybrid pipeline across ranks, which needs "
-                             "--arch hybrid_lstm (or one of its variants)")
+            raise PluginConfigError("--pipeline-encoder-balance without --pipeline-model-parallel "
+                                    "runs the hybrid pipeline across ranks, which needs "
+                                    "--arch hybrid_lstm (or one of its variants)")
 
     def batch_shards(self, num_shards: int, shard_id: int):
         if num_shards == 1:
             return num_shards, shard_id
         if num_shards % self.stages:
-            raise ValueError(f"{num_shards} ranks are not a multiple of the {self.stages} "
-                             "pipeline stages of --pipeline-encoder-balance")
+            raise PluginConfigError(f"{num_shards} ranks are not a multiple of the {self.stages} "
+                                    "pipeline stages of --pipeline-encoder-balance")
         return num_shards // self.stages, shard_id // self.stages
 
 

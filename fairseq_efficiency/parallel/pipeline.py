@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.func import functional_call
 
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.parallel.seq2seq import (
     HybridDecoder, HybridEncoder, batch_bounds, check_chunks, chunk_bounds, chunk_lengths,
     run_layers, zero_state,
@@ -94,8 +95,8 @@ class _PipelineFunction(torch.autograd.Function):
 def check_wavefront_decoder(decoder):
     """The decoder must have no input feeding to be computed chunk by chunk."""
     if decoder.input_feeding:
-        raise ValueError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined: "
-                         "each decoder step needs the previous step's attention output")
+        raise PluginConfigError("--input-feeding (HybridNMT-IF) cannot be wavefront-pipelined: "
+                                "each decoder step needs the previous step's attention output")
 
 
 def check_pipeline(encoder, decoder, balance, chunks):
@@ -103,12 +104,13 @@ def check_pipeline(encoder, decoder, balance, chunks):
     check_wavefront_decoder(decoder)
     num_layers = len(encoder.layers)
     if num_layers != len(decoder.layers):
-        raise ValueError("hybrid_lstm needs as many decoder as encoder layers")
+        raise PluginConfigError("hybrid_lstm needs as many decoder as encoder layers")
     check_chunks(chunks, "--pipeline-chunks")
     balance = [int(b) for b in balance]
     if any(b < 1 for b in balance) or sum(balance) != num_layers:
-        raise ValueError(f"pipeline balance {balance} must list >= 1 layers per stage summing "
-                         f"to the {num_layers} layers of the model")
+        raise PluginConfigError(
+            f"pipeline balance {balance} must list >= 1 layers per stage summing "
+            f"to the {num_layers} layers of the model")
     return balance
 
 
@@ -130,8 +132,8 @@ class WavefrontPipeline:
         self.world_size = dist.get_world_size() if world_size is None else world_size
         self.num_stages = len(self.balance)
         if self.world_size % self.num_stages:
-            raise ValueError(f"world size {self.world_size} is not a multiple of the "
-                             f"{self.num_stages} pipeline stages")
+            raise PluginConfigError(f"world size {self.world_size} is not a multiple of the "
+                                    f"{self.num_stages} pipeline stages")
         self.stage = self.rank % self.num_stages
         base = self.rank - self.stage
         self.ranks = list(range(base, base + self.num_stages))  # this pipeline group
@@ -330,7 +332,8 @@ class DevicePipeline:
         self.encoder, self.decoder = encoder, decoder
         self.balance = check_pipeline(encoder, decoder, balance, chunks)
         if len(devices) != len(self.balance):
-            raise ValueError(f"{len(devices)} pipeline devices for {len(self.balance)} stages")
+            raise PluginConfigError(
+                f"{len(devices)} pipeline devices for {len(self.balance)} stages")
         self.devices = [torch.device(d) for d in devices]
         self.output_device = torch.device(output_device) if output_device is not None \
             else self.devices[-1]
@@ -340,8 +343,9 @@ class DevicePipeline:
         self.head_devices = list(dict.fromkeys(self.devices))
         if decoder.head.F_c.weight is decoder.embed_tokens.weight and \
                 self.output_device != self.devices[0]:
-            raise ValueError("shared decoder input/output embeddings need the first stage and "
-                             "the output on the same device")
+            raise PluginConfigError(
+                "shared decoder input/output embeddings need the first stage and "
+                "the output on the same device")
 
     def place(self):
         """Move every layer to its stage's device (embeddings: stage 0, head: output device)."""

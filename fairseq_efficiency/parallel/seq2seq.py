@@ -28,12 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from fairseq_efficiency.errors import PluginConfigError
+
 State = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each [B, H]
 
 
 def check_chunks(chunks: int, what: str = "the number of time chunks") -> int:
     if chunks < 1:
-        raise ValueError(f"{what} must be >= 1, got {chunks}")
+        raise PluginConfigError(f"{what} must be >= 1, got {chunks}")
     return chunks
 
 
@@ -220,7 +222,7 @@ class HybridEncoder(_ChunkedStack):
                  padding_idx: int, dropout: float = 0.0):
         super().__init__()
         if layers < 1:
-            raise ValueError(f"encoder layers must be >= 1, got {layers}")
+            raise PluginConfigError(f"encoder layers must be >= 1, got {layers}")
         self.padding_idx = padding_idx
         self.dropout = dropout
         self.embed_tokens = make_embedding(vocab, embed_dim, padding_idx)
@@ -248,8 +250,8 @@ class HybridDecoder(_ChunkedStack):
                  share_input_output_embed: bool = False):
         super().__init__()
         if share_input_output_embed and embed_dim != hidden:
-            raise ValueError("sharing decoder input/output embeddings needs "
-                             f"decoder embed dim == hidden size ({embed_dim} != {hidden})")
+            raise PluginConfigError("sharing decoder input/output embeddings needs "
+                                    f"decoder embed dim == hidden size ({embed_dim} != {hidden})")
         self.padding_idx = padding_idx
         self.dropout = dropout
         self.input_feeding = input_feeding
@@ -264,7 +266,8 @@ class HybridDecoder(_ChunkedStack):
     def states(self, prev_output_tokens: torch.Tensor, init: List[State], chunks: int = 1):
         """All top-layer decoder states ``H`` [Tt, B, H] (no input feeding), time-chunked."""
         if self.input_feeding:
-            raise ValueError("the input-feeding decoder (HybridNMT-IF) has no state-only pass")
+            raise PluginConfigError(
+                "the input-feeding decoder (HybridNMT-IF) has no state-only pass")
         return self._run_chunks(prev_output_tokens, list(init), chunks)[0]
 
     def forward(self, prev_output_tokens, S, init: List[State], src_pad, chunks: int = 1):

@@ -2,7 +2,9 @@
 
 Used by the equivalence tests and ``benchmarks/hybrid.py``; fairseq runs use
 ``fairseq-efficiency-launch`` instead.  With the default ``spawn``
-start method ``fn`` must be importable by module path.
+start method ``fn`` must be importable by module path. On Linux the ranks get
+SIGTERM when the calling process dies (``prctl(PR_SET_PDEATHSIG)``), so a killed
+caller leaves no rank behind.
 """
 import io
 import os
@@ -12,10 +14,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fairseq_efficiency.cli.launch import free_port
+from fairseq_efficiency.cli.launch import free_port, parent_death_signal
 
 
-def _worker(rank, world, port, threads, fn, args, queue):
+def _worker(rank, world, port, threads, fn, args, queue, parent_pid):
+    if parent_pid is not None:  # the caller forked/spawned this process itself
+        parent_death_signal(parent_pid)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     try:
@@ -41,7 +45,9 @@ def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout: float = 300
     ctx = mp.get_context(start_method)
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, threads, fn, args, queue))
+    parent = os.getpid() if start_method in ("spawn", "fork") else None
+    procs = [ctx.Process(target=_worker,
+                         args=(r, world_size, port, threads, fn, args, queue, parent))
              for r in range(world_size)]
     for p in procs:
         p.start()

@@ -29,6 +29,8 @@ from typing import Dict, List, Sequence
 
 from torch import nn
 
+from fairseq_efficiency.errors import PluginConfigError
+
 _OUTPUT_NAMES = {"fc_out", "output_projection", "output_proj_vocab", "lm_head"}
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)(?:\.|$)")
 _RNN_WEIGHT = re.compile(r"^(weight|bias)_(ih|hh)(?:_l(\d+))?(_reverse)?$")
@@ -75,8 +77,8 @@ def classify(name: str, module: nn.Module, split_lstm: bool = False) -> str:
     if layer_m and side:
         return f"{side}_layer{int(layer_m.group(1)) + 1}_ffn"
     if not path:
-        raise ValueError(f"cannot assign parameter {name!r} to a weight class: it is not "
-                         "inside a submodule (exclude it with --prune-exclude)")
+        raise PluginConfigError(f"cannot assign parameter {name!r} to a weight class: it is not "
+                                "inside a submodule (exclude it with --prune-exclude)")
     return path
 
 
@@ -97,10 +99,10 @@ def find_weight_classes(model: nn.Module, include: Sequence[str] = (), exclude: 
             try:
                 rx = re.compile(p)
             except re.error as e:
-                raise ValueError(f"invalid {kind} pattern {p!r}: {e}") from None
+                raise PluginConfigError(f"invalid {kind} pattern {p!r}: {e}") from None
             if not any(rx.search(n) for names in aliases.values() for n in names):
-                raise ValueError(f"{kind} pattern {p!r} matches no parameter of "
-                                 f"{type(model).__name__}")
+                raise PluginConfigError(f"{kind} pattern {p!r} matches no parameter of "
+                                        f"{type(model).__name__}")
 
     def matches(pats, name):
         return any(re.search(p, n) for p in pats for n in aliases.get(name, [name]))
@@ -119,8 +121,8 @@ def find_weight_classes(model: nn.Module, include: Sequence[str] = (), exclude: 
         module = modules[name.rpartition(".")[0]]
         classes.setdefault(classify(name, module, split_lstm), []).append(name)
     if not classes:
-        raise ValueError(f"no prunable parameter in {type(model).__name__} "
-                         "(check --prune-include/--prune-exclude)")
+        raise PluginConfigError(f"no prunable parameter in {type(model).__name__} "
+                                "(check --prune-include/--prune-exclude)")
     return classes
 
 

@@ -21,6 +21,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from fairseq_efficiency import checkpoint_state
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.pruning.classes import find_weight_classes, split_patterns
@@ -94,7 +95,7 @@ def validate(cfg):
     check_ratio(getattr(cfg, "prune_ratio", 0.0), "--prune-ratio")
     check_scheme(str(getattr(cfg, "prune_scheme", "class-blind")))
     if cfg.prune_lr_scale <= 0:
-        raise ValueError(f"--prune-lr-scale must be > 0, got {cfg.prune_lr_scale}")
+        raise PluginConfigError(f"--prune-lr-scale must be > 0, got {cfg.prune_lr_scale}")
     check_class_cap(getattr(cfg, "prune_max_class_ratio", 1.0), cfg.prune_ratio)
     return pruning_schedule(cfg.prune_ratio, cfg.prune_at_update, cfg.prune_steps,
                             cfg.prune_end_update)
@@ -116,12 +117,12 @@ class PruningHook(EfficiencyHook):
         self.max_class_ratio = float(getattr(cfg, "prune_max_class_ratio", 1.0))
         self.retrain = Retraining.from_cfg(cfg)
         if self.retrain is not None and self.lr_scale != 1.0:
-            raise ValueError("--prune-lr-scale and the retraining recipe (--prune-retrain-*) both "
+            raise PluginConfigError("--prune-lr-scale and the retraining recipe (--prune-retrain-*) both "
                              "set the learning rate: use --prune-retrain-lr-scale")
         # updates trained before pruning (the retraining budget's reference)
         self.trained_updates = self.schedule[0][0] if self.schedule else None
         if self.retrain is not None and self.trained_updates == 0 and not self.retrain.updates:
-            raise ValueError("--prune-retrain-fraction is a fraction of the updates before "
+            raise PluginConfigError("--prune-retrain-fraction is a fraction of the updates before "
                              "pruning, and --prune-at-update is 0: give --prune-retrain-updates")
         self.masks: Optional[MaskSet] = None
         self.events_done = 0
@@ -172,7 +173,7 @@ class PruningHook(EfficiencyHook):
     def before_train_step(self, sample, model, update_num):
         self._model_ref = model
         if self.retrain is not None and self.masks is None and not self.schedule:
-            raise ValueError("--prune-retrain-* retrains a pruned model, but there are no pruning "
+            raise PluginConfigError("--prune-retrain-* retrains a pruned model, but there are no pruning "
                              "masks: give --prune-ratio, --prune-masks-from, or --restore-file "
                              "with a checkpoint written by fairseq-efficiency-prune")
         if self._dirty and self.masks is not None:
@@ -301,9 +302,10 @@ def build(cfg, restoring=False):
         drop = getattr(cfg, "prune_drop_masks", False)
         keeps = cfg.prune_ratio > 0 or cfg.prune_masks_from or not drop
         if keeps and getattr(cfg, "mesimp_interval", 0) > 0:
-            raise ValueError("pruning masks need fixed matrix shapes, which meSimp changes: "
-                             "simplify first, then prune the meSimp checkpoint "
-                             "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
+            raise PluginConfigError(
+                "pruning masks need fixed matrix shapes, which meSimp changes: "
+                "simplify first, then prune the meSimp checkpoint "
+                "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
         return PruningHook(cfg)
     check_ratio(cfg.prune_ratio, "--prune-ratio")  # e.g. a negative ratio
     return None

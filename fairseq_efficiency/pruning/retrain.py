@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
+from fairseq_efficiency.errors import PluginConfigError
+
 logger = logging.getLogger(__name__)
 
 PAPER_FRACTION = 1 / 3  # 4 retraining epochs for 12 original ones
@@ -39,9 +41,9 @@ class RetrainSchedule:
 
     def __post_init__(self):
         if self.budget < 1:
-            raise ValueError(f"the retraining budget must be at least 1 update, got {self.budget}")
+            raise PluginConfigError(f"the retraining budget must be at least 1 update, got {self.budget}")
         if self.decay not in DECAYS:
-            raise ValueError(f"unknown retraining decay {self.decay!r}; choose from {DECAYS}")
+            raise PluginConfigError(f"unknown retraining decay {self.decay!r}; choose from {DECAYS}")
 
     def halvings(self, step: int) -> int:
         """How often the learning rate has been halved before retraining update ``step``."""
@@ -87,13 +89,13 @@ class Retraining:
     def __init__(self, fraction: float = PAPER_FRACTION, updates: int = 0,
                  lr_scale: float = PAPER_LR_SCALE, decay: str = "halving"):
         if fraction < 0:
-            raise ValueError(f"--prune-retrain-fraction must be >= 0, got {fraction}")
+            raise PluginConfigError(f"--prune-retrain-fraction must be >= 0, got {fraction}")
         if updates < 0:
-            raise ValueError(f"--prune-retrain-updates must be >= 0, got {updates}")
+            raise PluginConfigError(f"--prune-retrain-updates must be >= 0, got {updates}")
         if lr_scale <= 0:
-            raise ValueError(f"--prune-retrain-lr-scale must be > 0, got {lr_scale}")
+            raise PluginConfigError(f"--prune-retrain-lr-scale must be > 0, got {lr_scale}")
         if decay not in DECAYS:
-            raise ValueError(f"unknown --prune-retrain-decay {decay!r}; choose from {DECAYS}")
+            raise PluginConfigError(f"unknown --prune-retrain-decay {decay!r}; choose from {DECAYS}")
         self.fraction, self.updates = float(fraction), int(updates)
         self.lr_scale, self.decay = float(lr_scale), str(decay)
         self.trained_updates: Optional[int] = None
@@ -115,7 +117,7 @@ class Retraining:
         if self.updates > 0:
             return self.updates
         if not self.trained_updates:
-            raise ValueError("--prune-retrain-fraction needs the length of the training before "
+            raise PluginConfigError("--prune-retrain-fraction needs the length of the training before "
                              "pruning, which these pruning masks do not record; give the budget "
                              "as --prune-retrain-updates N instead")
         return max(1, round(self.fraction * self.trained_updates))

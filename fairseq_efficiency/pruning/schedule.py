@@ -1,6 +1,7 @@
 """When to prune and how much: one-shot (See et al. 2016) or gradual cubic (Zhu & Gupta 2017)."""
 from typing import List, Tuple
 
+from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.pruning.schemes import check_ratio
 
 
@@ -16,14 +17,15 @@ def pruning_schedule(ratio: float, at_update: int, steps: int = 1,
     """
     check_ratio(ratio)
     if at_update < 0:
-        raise ValueError(f"--prune-at-update must be >= 0, got {at_update}")
+        raise PluginConfigError(f"--prune-at-update must be >= 0, got {at_update}")
     if steps < 1:
-        raise ValueError(f"--prune-steps must be >= 1, got {steps}")
+        raise PluginConfigError(f"--prune-steps must be >= 1, got {steps}")
     if steps == 1:
         return [(int(at_update), ratio)]
     if end_update <= at_update:
-        raise ValueError(f"--prune-steps {steps} needs --prune-end-update > --prune-at-update "
-                         f"({at_update}), got {end_update}")
+        raise PluginConfigError(
+            f"--prune-steps {steps} needs --prune-end-update > --prune-at-update "
+            f"({at_update}), got {end_update}")
     span = end_update - at_update
     return [(at_update + round((j - 1) * span / (steps - 1)), ratio * (1 - (1 - j / steps) ** 3))
             for j in range(1, steps + 1)]

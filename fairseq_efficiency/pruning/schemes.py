@@ -31,6 +31,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from fairseq_efficiency.errors import PluginConfigError
+
 PAPER_SCHEMES = ("class-blind", "class-uniform", "class-distribution")
 SCHEMES = PAPER_SCHEMES + ("lamp",)
 
@@ -42,7 +44,7 @@ Classes = Mapping[str, Mapping[str, torch.Tensor]]
 def check_ratio(ratio: float, what: str = "pruning ratio") -> float:
     ratio = float(ratio)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{what} must be in [0, 1), got {ratio}")
+        raise PluginConfigError(f"{what} must be in [0, 1), got {ratio}")
     return ratio
 
 
@@ -50,9 +52,9 @@ def check_class_cap(cap: float, ratio: float = 0.0, what: str = "--prune-max-cla
     """A per-class cap in (0, 1] that leaves room for the overall ``ratio``."""
     cap = float(cap)
     if not 0.0 < cap <= 1.0:
-        raise ValueError(f"{what} must be in (0, 1], got {cap}")
+        raise PluginConfigError(f"{what} must be in (0, 1], got {cap}")
     if cap < ratio:
-        raise ValueError(f"{what} {cap} is below the pruning ratio {ratio}: no class may lose "
+        raise PluginConfigError(f"{what} {cap} is below the pruning ratio {ratio}: no class may lose "
                          f"more than {cap:.0%}, so {ratio:.0%} of all weights cannot be pruned")
     return cap
 
@@ -60,7 +62,8 @@ def check_class_cap(cap: float, ratio: float = 0.0, what: str = "--prune-max-cla
 def check_scheme(scheme: str) -> str:
     scheme = str(scheme)
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+        raise PluginConfigError(
+            f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
     return scheme
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fairseq_efficiency.assist.assistant import Assistant
-from tests.helpers import cli_env, run_cli, train_args
+from tests.helpers import assert_one_line_error, cli_env, run_cli, train_args
 
 SEL = ["--task", "translation_efficiency", "--criterion", "sentence_cross_entropy"]
 
@@ -70,11 +70,11 @@ def test_invalid_options_are_rejected_up_front(tiny_data_bin, tmp_path):
     res = run_cli("fairseq_cli.train", train_args(
         tiny_data_bin, str(tmp_path / "a"), "--task", "translation_efficiency",
         "--instance-selection", "autoassist", "--max-epoch", "1"), check=False)
-    assert res.returncode != 0 and "needs per-sentence losses" in res.stderr
+    assert_one_line_error(res, "needs per-sentence losses")
     res = run_cli("fairseq_cli.train", train_args(
         tiny_data_bin, str(tmp_path / "b"), *SEL, "--instance-selection", "autoassist",
         "--assist-confidence-decay", "1.5", "--max-epoch", "1"), check=False)
-    assert res.returncode != 0 and "--assist-confidence-decay must be in [0, 1), got 1.5" in res.stderr
+    assert_one_line_error(res, "--assist-confidence-decay must be in [0, 1), got 1.5")
 
 
 def test_kill9_mid_epoch_then_resume_continues_with_same_assistant(tiny_data_bin, tmp_path):

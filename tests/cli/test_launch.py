@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from fairseq_efficiency.cli.launch import launch, main, rank_argv
-from tests.helpers import cli_env, train_args
+from tests.helpers import alive, cli_env, train_args, wait_for
 
 
 def test_rank_argv_adds_only_missing_flags():
@@ -75,3 +75,103 @@ def test_two_ranks_hydra_train(tiny_data_bin, tmp_path):
     log = out.read_text()
     assert rc == 0, log[-3000:]
     assert "distributed init (rank 0)" in log and (save / "checkpoint_last.pt").exists()
+
+
+# -- no rank outlives the launcher ------------------------------------------------------------
+# each rank writes its pid to DIR/rank<R>.pid (R: the --distributed-rank the launcher appends)
+# and sleeps; the launcher accepts any command, so no training is needed to hold the ranks
+SLEEPER = ("import os, sys, time; d = os.environ['PID_DIR']; "
+           "open(os.path.join(d, 'rank%s.pid' % sys.argv[-1]), 'w').write(str(os.getpid())); "
+           "time.sleep(120)")
+
+
+def _start_launcher(tmp_path, rank_code=SLEEPER):
+    import subprocess
+
+    env = cli_env()
+    env["PID_DIR"] = str(tmp_path)
+    import fairseq_efficiency.cli.launch as launcher
+
+    # the module's file as a script: same code as the console script, without the
+    # seconds that importing the plugin (torch, fairseq) costs
+    proc = subprocess.Popen(
+        [sys.executable, launcher.__file__, "--nproc", "2", "--", sys.executable, "-c", rank_code],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
+    assert wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
+        proc.stderr.read() if proc.poll() is not None else "ranks did not start"
+    pids = [int(p.read_text()) for p in pid_files]
+    assert all(alive(p) for p in pids)
+    return proc, pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_stop_signal_to_launcher_stops_every_rank(tmp_path, sig):
+    import signal
+
+    proc, pids = _start_launcher(tmp_path)
+    try:
+        proc.send_signal(getattr(signal, sig))
+        rc = proc.wait(timeout=15)
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
+        assert rc == 128 + getattr(signal, sig)  # as a shell reports a signal's exit
+    finally:
+        proc.kill()
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
+def test_killed_launcher_takes_its_ranks_along(tmp_path):
+    import signal
+
+    proc, pids = _start_launcher(tmp_path)
+    try:
+        groups = [os.getpgid(p) for p in pids + [proc.pid]]
+        proc.kill()  # no handler runs: the kernel's parent-death signal must end the ranks
+        proc.wait(timeout=15)
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
+        # the ranks share a process group of their own (signals reach their children too)
+        assert groups[0] == groups[1] != groups[2]
+    finally:
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+STUBBORN = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + SLEEPER
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_ranks_that_ignore_sigterm_are_killed_at_a_second_signal(tmp_path):
+    import signal
+    import time
+
+    proc, pids = _start_launcher(tmp_path, STUBBORN)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None and all(alive(p) for p in pids)  # within the grace period
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)  # a second stop signal: SIGKILL now
+        assert proc.wait(timeout=15) == 128 + signal.SIGTERM and time.time() - t0 < 5
+        assert wait_for(lambda: not any(alive(p) for p in pids), 5), "a rank survived"
+    finally:
+        proc.kill()
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_ranks_that_ignore_sigterm_are_killed_after_the_grace_period(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("PID_DIR", str(tmp_path))
+    t0 = time.time()
+    rc = launch([sys.executable, "-c", STUBBORN], nproc=2, timeout=4, grace=1.0)
+    assert rc == 124 and time.time() - t0 < 15
+    pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in range(2)]
+    assert not any(alive(p) for p in pids)

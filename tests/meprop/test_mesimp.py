@@ -196,3 +196,19 @@ def test_mesimp_fixes_a_ratio_k_in_units_so_layers_stop_shrinking_at_k():
         _sides_with_sparse_grads(model, d)
         hook.mesimp.step(opt)
     assert all(size >= 4 for size in hook.mesimp.sizes().values())
+
+
+def test_meprop_k_not_smaller_than_a_layer_warns_once_naming_it(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="fairseq_efficiency"):
+        _tiny_lstm_model(meprop_k=8, decoder_hidden_size=16)  # encoder: 8 units, decoder: 16
+    warnings = [r.getMessage() for r in caplog.records if "meprop-k" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "encoder.lstm.cells.0 (8 units)" in warnings[0] and "decoder" not in warnings[0]
+    assert "densely" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fairseq_efficiency"):
+        model, _ = _tiny_lstm_model(meprop_k=2)
+    assert not [r for r in caplog.records if "meprop-k" in r.getMessage()]
+    assert model.warn_dense_layers() == []

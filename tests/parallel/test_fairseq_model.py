@@ -60,7 +60,7 @@ def test_wmt_variant_sizes_and_validation(tiny_data_bin):
     with pytest.raises(ValueError, match="must be equal"):
         task.build_model(cfg.model)
     cfg = _cfg(tiny_data_bin, "--pipeline-model-parallel", "--pipeline-encoder-balance", "[1,1]",
-               "--pipeline-decoder-balance", "[1,1]")
+               "--pipeline-decoder-balance", "[1,1]", "--pipeline-chunks", "2")
     with pytest.raises(ValueError, match="needs --pipeline-encoder-devices"):
         task.build_model(cfg.model)
 
@@ -93,3 +93,18 @@ def test_hybrid_share_of_sample(tiny_data_bin):
     assert sum(p["ntokens"] for p in parts) == sample["ntokens"]
     assert sum(p["nsentences"] for p in parts) == sample["nsentences"]
     assert torch.equal(torch.cat([p["target"] for p in parts]), sample["target"])
+
+
+def test_pipeline_chunks_below_one_are_refused(tiny_data_bin):
+    from fairseq_efficiency.errors import PluginConfigError
+
+    pipe = ["--pipeline-encoder-balance", "[1,1]", "--pipeline-decoder-balance", "[1,1]"]
+    task = tasks.setup_task(_cfg(tiny_data_bin).task)
+    for chunks in ("0", "-2"):  # one process as well: the same flags fail on several ranks
+        with pytest.raises(PluginConfigError, match=f"--pipeline-chunks .* got {chunks}"):
+            task.build_model(_cfg(tiny_data_bin, *pipe, "--pipeline-chunks", chunks).model)
+    with pytest.raises(PluginConfigError, match="--pipeline-chunks must be >= 1, got -1"):
+        task.build_model(_cfg(tiny_data_bin, "--pipeline-chunks", "-1").model)
+    # without a pipeline fairseq's default 0 (not set) is fine, and 1 chunk is accepted
+    assert task.build_model(_cfg(tiny_data_bin).model).pipeline is None
+    task.build_model(_cfg(tiny_data_bin, *pipe, "--pipeline-chunks", "1").model)
