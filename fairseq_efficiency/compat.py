@@ -100,12 +100,13 @@ def _literal(node):
             if isinstance(node.op, ast.Add):
                 return a + b
             return a - b if isinstance(node.op, ast.Sub) else a * b
-        if isinstance(node.op, ast.Add) and type(a) is type(b) and isinstance(a, (list, tuple, str)):
+        seqs = (list, tuple, str)
+        if isinstance(node.op, ast.Add) and type(a) is type(b) and isinstance(a, seqs):
             if len(a) + len(b) <= MAX_LITERAL_ITEMS:
                 return a + b
         if isinstance(node.op, ast.Mult):
             seq, n = (a, b) if isinstance(b, int) else (b, a)
-            if isinstance(seq, (list, tuple, str)) and isinstance(n, int) and not isinstance(n, bool) \
+            if isinstance(seq, seqs) and isinstance(n, int) and not isinstance(n, bool) \
                     and len(seq) * max(n, 0) <= MAX_LITERAL_ITEMS:
                 return seq * n
     raise ValueError
@@ -324,8 +325,12 @@ def load_error_detail(e) -> str:
 
 
 def _fallback_candidates(path):
+    """The other ``checkpoint*.pt`` files beside ``path`` (same ``--checkpoint-suffix``),
+    newest first."""
     d = os.path.dirname(os.path.abspath(path))
-    cands = [p for p in glob.glob(os.path.join(d, "checkpoint*.pt"))
+    suffix = os.path.basename(path)[len("checkpoint_last"):]  # "{checkpoint_suffix}.pt"
+    pattern = os.path.join(glob.escape(d), "checkpoint*" + glob.escape(suffix))
+    cands = [p for p in glob.glob(pattern)
              if os.path.abspath(p) != os.path.abspath(path) and os.path.isfile(p)]
     return sorted(cands, key=lambda p: os.path.getmtime(p), reverse=True)
 
@@ -365,8 +370,9 @@ def install_checkpoint_shims():
                 path = cand
                 break
             if state is None:
-                raise CheckpointError(f"{path} is not a readable checkpoint ({load_error_detail(e)}) "
-                                      "and no other checkpoint*.pt beside it is readable") from None
+                raise CheckpointError(f"{path} is not a readable checkpoint "
+                                      f"({load_error_detail(e)}) and no other checkpoint*.pt "
+                                      "beside it is readable") from None
         check_checkpoint_config(state, path)
         return state
 
