@@ -24,6 +24,7 @@ from fairseq.models import (
 )
 from omegaconf import II
 
+from fairseq_efficiency.compat import literal_list
 from fairseq_efficiency.errors import PluginConfigError, user_errors
 from fairseq_efficiency.parallel.fairseq_glue import HYBRID_SHARE, HYBRID_WAIT
 from fairseq_efficiency.parallel.pipeline import (
@@ -60,9 +61,14 @@ class HybridLSTMConfig(FairseqDataclass):
 
 
 def _layout(cfg):
-    """(balance or None, chunks) from the ``--pipeline-*`` flags, validated."""
-    enc = utils.eval_str_list(cfg.get("pipeline_encoder_balance", None), type=int)
-    dec = utils.eval_str_list(cfg.get("pipeline_decoder_balance", None), type=int)
+    """(balance or None, chunks) from the ``--pipeline-*`` flags, validated.
+
+    The balance is read with :func:`~fairseq_efficiency.compat.literal_list`
+    (``ast.literal_eval``): these strings come from the checkpoint when
+    ``fairseq-generate`` rebuilds the model, and are never evaluated as code.
+    """
+    enc = literal_list(cfg.get("pipeline_encoder_balance", None), "--pipeline-encoder-balance")
+    dec = literal_list(cfg.get("pipeline_decoder_balance", None), "--pipeline-decoder-balance")
     chunks = cfg.get("pipeline_chunks", None)
     if enc is None and dec is None:  # no pipeline: fairseq's default 0 means "not set"
         if chunks is not None and chunks < 0:
@@ -76,6 +82,10 @@ def _layout(cfg):
     if chunks is None or chunks < 1:
         raise PluginConfigError("--pipeline-chunks (time chunks of the pipeline) must be >= 1 "
                                 f"with --pipeline-encoder-balance, got {chunks}")
+    layers = cfg.get("layers", None)
+    if not enc or any(b < 1 for b in enc) or (layers is not None and sum(enc) != layers):
+        raise PluginConfigError(f"--pipeline-encoder-balance {enc} must give every stage >= 1 "
+                                f"layer, summing to the {layers} layers of hybrid_lstm (--layers)")
     return enc, chunks
 
 
@@ -193,12 +203,14 @@ class HybridLSTMModel(FairseqEncoderDecoderModel):
             if balance is None:
                 raise PluginConfigError("--pipeline-model-parallel with hybrid_lstm needs "
                                         "--pipeline-encoder-balance/--pipeline-decoder-balance")
-            devs = utils.eval_str_list(cfg.get("pipeline_encoder_devices", None), type=int)
-            ddevs = utils.eval_str_list(cfg.get("pipeline_decoder_devices", None), type=int)
+            devs = literal_list(cfg.get("pipeline_encoder_devices", None),
+                                "--pipeline-encoder-devices")
+            ddevs = literal_list(cfg.get("pipeline_decoder_devices", None),
+                                 "--pipeline-decoder-devices")
             if devs is None or (ddevs is not None and ddevs != devs):
                 raise PluginConfigError("hybrid_lstm needs --pipeline-encoder-devices, equal to "
                                         "--pipeline-decoder-devices when given")
-            out = utils.eval_str_list(cfg.get("pipeline_devices", None), type=int)
+            out = literal_list(cfg.get("pipeline_devices", None), "--pipeline-devices")
             self.pipeline = DevicePipeline(
                 enc, dec, balance, [torch.device("cuda", d) for d in devs], chunks,
                 torch.device("cuda", out[-1]) if out else None).place()

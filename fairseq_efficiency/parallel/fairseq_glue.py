@@ -13,11 +13,11 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.logging import metrics
 from omegaconf import II
 
+from fairseq_efficiency.compat import literal_list
 from fairseq_efficiency.criterions.sentence_cross_entropy import (
     SentenceCrossEntropyConfig, SentenceCrossEntropyCriterion,
 )
@@ -118,5 +118,5 @@ def build(cfg):
         return None
     if (getattr(cfg, "distributed_world_size", 1) or 1) <= 1:
         return None
-    stages = len(utils.eval_str_list(balance, type=int))
+    stages = len(literal_list(balance, "--pipeline-encoder-balance"))
     return PipelineGroupShards(stages) if stages > 1 else None

@@ -22,12 +22,32 @@ class PruneError(Exception):
 def read_checkpoint(path, arg_overrides=None):
     from fairseq import checkpoint_utils
 
+    from fairseq_efficiency.compat import CheckpointError, is_refusal, load_error_detail
+
     if not os.path.isfile(path):
         raise PruneError(f"checkpoint {path} does not exist")
     try:
-        return checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides=arg_overrides)
+        state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides=arg_overrides)
+    except CheckpointError as e:  # config holding code: already names the file
+        raise PruneError(str(e)) from e
     except Exception as e:  # noqa: BLE001  (unpickling errors of all kinds)
-        raise PruneError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        if is_refusal(e):
+            raise PruneError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise PruneError(f"{path} is not a readable checkpoint (truncated, or not written by "
+                         f"torch.save): {load_error_detail(e)}") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise PruneError(f"{path} is not a fairseq checkpoint (no 'model' state)")
+    return state
+
+
+def check_finite(state, path):
+    """Refuse weights holding NaN/Inf: pruning thresholds and exports of them are meaningless."""
+    bad = [k for k, t in state["model"].items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise PruneError(f"checkpoint {path} holds NaN/Inf weights in {len(bad)} tensor(s) "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); refusing to "
+                         "use it")
 
 
 def build_from_checkpoint(path, data=None):
@@ -37,6 +57,7 @@ def build_from_checkpoint(path, data=None):
     import fairseq_efficiency  # noqa: F401  (registers the plugin's tasks and models)
 
     state = read_checkpoint(path, {"data": data} if data else None)
+    check_finite(state, path)
     cfg = state.get("cfg")
     if cfg is None:
         raise PruneError(f"cannot build the model of {path}: the checkpoint has no 'cfg' "

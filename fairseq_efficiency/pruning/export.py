@@ -17,6 +17,7 @@ layout (int32 column index per value) would cost ``2d``, more than the bitmask
 above ~3% density.
 """
 import io
+import math
 from collections import OrderedDict
 
 import torch
@@ -27,13 +28,37 @@ from fairseq_efficiency.pruning.masks import pack_bits, unpack_bits
 MAX_DENSITY = 0.9  # store tensors denser than this as they are
 
 
+MAX_DIMS = 16
+
+
 def densify(shape, bits, values):
-    """Rebuild a dense tensor from :func:`sparsify`'s bitmask and values."""
-    shape = torch.Size(shape)
-    keep = unpack_bits(bits, shape.numel())
-    out = values.new_zeros(shape.numel())
+    """Rebuild a dense tensor from :func:`sparsify`'s bitmask and values.
+
+    The arguments come from a file: the shape is checked against the stored
+    bitmask (``ceil(numel / 8)`` bytes) and the number of set bits against the
+    stored values before anything of the shape's size is allocated, so the
+    dense tensor is at most 8 x 4 bytes per byte of bitmask.
+    """
+    if not isinstance(shape, (tuple, list)) or len(shape) > MAX_DIMS or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise ValueError(f"sparse tensor: invalid shape {str(shape)[:80]}")
+    numel = math.prod(shape)
+    if not torch.is_tensor(bits) or bits.dtype != torch.uint8 or bits.dim() != 1:
+        raise ValueError(f"sparse tensor of shape {tuple(shape)}: the bitmask must be a 1-D "
+                         "uint8 tensor")
+    if bits.numel() != (numel + 7) // 8:
+        raise ValueError(f"sparse tensor of shape {tuple(shape)}: bitmask of {bits.numel()} "
+                         f"bytes, the shape needs {(numel + 7) // 8}")
+    if not torch.is_tensor(values) or not values.is_floating_point() or values.dim() != 1:
+        raise ValueError(f"sparse tensor of shape {tuple(shape)}: values must be a 1-D "
+                         "floating-point tensor")
+    keep = unpack_bits(bits, numel)
+    if int(keep.sum()) != values.numel():
+        raise ValueError(f"sparse tensor of shape {tuple(shape)}: {int(keep.sum())} positions "
+                         f"set in the bitmask but {values.numel()} values stored")
+    out = values.new_zeros(numel)
     out[keep] = values
-    return out.view(shape)
+    return out.view(tuple(shape))
 
 
 class SparseTensor:

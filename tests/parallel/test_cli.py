@@ -27,6 +27,16 @@ def _train_inner(text):
                       r"bsz=([\d.]+), .*?gnorm=([\d.]+)", text)
 
 
+def _assert_same_updates(rows, ref):
+    """Same updates and batch sizes; loss and gradient norm equal up to the log's rounding
+    (another process layout sums in another order, so a last logged digit may differ)."""
+    assert len(rows) == len(ref), (rows, ref)
+    for (u, loss, wpb, bsz, gnorm), (ru, rloss, rwpb, rbsz, rgnorm) in zip(rows, ref):
+        assert (u, wpb, bsz) == (ru, rwpb, rbsz), (rows, ref)
+        assert abs(float(loss) - float(rloss)) <= 2e-3 and \
+            abs(float(gnorm) - float(rgnorm)) <= 2e-3, (rows, ref)
+
+
 def _valid(text):
     return re.findall(r"\| valid \| .*? loss ([\d.]+) .*?num_updates (\d+)", text)
 
@@ -52,7 +62,7 @@ def test_two_ranks_train_validate_save_resume(tiny_data_bin, tmp_path):
     text = _launch(_args(tiny_data_bin, save, "--max-update", "4", *PIPE), tmp_path, "first")
     assert "efficiency features: hybrid_parallel" in text
     # the same batches (both ranks read the same shard) and the exact full-batch loss
-    assert _train_inner(text) == ref_inner[:4]
+    _assert_same_updates(_train_inner(text), ref_inner[:4])
     assert [u for _, u in _valid(text)] == ["4"]
     assert re.search(r"\| train \| .*pipe_wait_ms [\d.]+", text)  # time blocked on the other rank
     assert os.path.isfile(save / "checkpoint_last.pt")
@@ -60,8 +70,9 @@ def test_two_ranks_train_validate_save_resume(tiny_data_bin, tmp_path):
     text = _launch(_args(tiny_data_bin, save, "--max-update", "8", *PIPE),
                  tmp_path, "resume")  # rank 0 loads, fairseq broadcasts to rank 1
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 1 @ 4 updates\)", text)
-    assert _train_inner(text) == ref_inner[4:]
-    assert _valid(text)[-1] == _valid(single_text)[-1]
+    _assert_same_updates(_train_inner(text), ref_inner[4:])
+    (loss, updates), (ref_loss, ref_updates) = _valid(text)[-1], _valid(single_text)[-1]
+    assert updates == ref_updates and abs(float(loss) - float(ref_loss)) <= 2e-3
 
     # rank 0's checkpoint is the complete model: generation in one process
     gen = run_cli("fairseq_cli.generate", [

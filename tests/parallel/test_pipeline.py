@@ -37,12 +37,10 @@ def _check(cases, world):
                 torch.testing.assert_close(r["grads"][name], g, rtol=RTOL, atol=ATOL,
                                            msg=lambda m: f"{name} {balance} C={chunks}: {m}")
             lo, hi = r["share"]
-            if chunks == 1:  # same operations in the same order: bitwise equal states
-                assert torch.equal(r["S_share"], ref_S[:, lo:hi])
-                assert torch.equal(r["H_share"], ref_H[:, lo:hi])
-            else:
-                torch.testing.assert_close(r["S_share"], ref_S[:, lo:hi], rtol=RTOL, atol=ATOL)
-                torch.testing.assert_close(r["H_share"], ref_H[:, lo:hi], rtol=RTOL, atol=ATOL)
+            # even with one chunk: the ranks are other processes, whose thread counts and
+            # CPU kernel choices may differ from this one's, so close, not bitwise equal
+            torch.testing.assert_close(r["S_share"], ref_S[:, lo:hi], rtol=RTOL, atol=ATOL)
+            torch.testing.assert_close(r["H_share"], ref_H[:, lo:hi], rtol=RTOL, atol=ATOL)
         # a rank's LSTM gradients come only from the layers it owns: other layers get theirs
         # from the owner's contribution to the all-reduce
         for r in ranks:

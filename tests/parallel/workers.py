@@ -73,7 +73,7 @@ def pipeline_step(rank, world, layers, balance, chunks, batch_shape, seed=0):
 
 def pipeline_cases(rank, world, cases):
     """Run :func:`pipeline_step` for several (layers, balance, chunks, batch_shape) cases,
-    plus the chunk-1 top-layer states (bitwise check)."""
+    plus the top-layer states of this rank's batch share."""
     out = []
     for layers, balance, chunks, shape in cases:
         res = pipeline_step(rank, world, layers, balance, chunks, shape)
