@@ -39,8 +39,9 @@ class AutoAssistConfig:
         default=16, metadata={"help": "capacity (batches) of the Boss queue; the Assistant queue "
                               "holds 4x as many loss batches (section 4.2)"})
     assist_pool_batches: int = field(
-        default=32, metadata={"help": "kept candidates are pooled, length-sorted and cut into "
-                             "full batches this many batches at a time"})
+        default=32, metadata={"help": "kept instances of this many neighbouring batches of "
+                             "fairseq's length-sorted batching are merged and cut into full "
+                             "batches"})
     assist_rebuild_features: bool = field(
         default=False, metadata={"help": "rebuild the cached TF-IDF features even if valid"})
     spl_start_quantile: float = field(

@@ -25,7 +25,8 @@ from fairseq_efficiency.assist.assistant import Assistant
 from fairseq_efficiency.assist.iterator import ShrinkingEpochBatchIterator
 from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamplingSelector,
                                                  SelfPacedSelector)
-from fairseq_efficiency.assist.worker import AssistWorker, CandidateStream, RefillBatcher
+from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
+from fairseq_efficiency.assist.worker import AssistWorker
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 
@@ -128,16 +129,16 @@ class InstanceSelectionHook(EfficiencyHook):
             selector = SelfPacedSelector(n, self.shard, cfg.spl_start_quantile, cfg.spl_growth)
         else:
             selector = DynamicSamplingSelector(n, self.shard, cfg.ds_sample_rate, cfg.ds_review_share)
-        batcher = RefillBatcher(src, tgt, self.num_tokens, max_tokens, max_sentences, mult,
-                                pool_batches=cfg.assist_pool_batches)
-        # batches of one full pass of candidates through the refilling pool (epoch unit)
-        self.n_pass = batcher.batches_per_pass(
-            np.random.default_rng([seed, self.rank, 104729]).permutation(self.shard))
+        # candidates in fairseq's length buckets; kept ones merged with their neighbours
+        stream = LengthBucketStream(self.shard, n, src, tgt, self.num_tokens, max_tokens,
+                                    max_sentences, rng, mult, cfg.assist_pool_batches)
+        batcher = BucketBatcher(stream)
+        self.n_pass = batcher.batches_per_pass()  # fairseq's batches of the shard (epoch unit)
 
         def collate(b):
             return dataset.collater([dataset[int(i)] for i in b])
 
-        self.worker = AssistWorker(selector, CandidateStream(self.shard, rng), batcher, collate,
+        self.worker = AssistWorker(selector, stream, batcher, collate,
                                    self.ntokens, rng, queue_size=cfg.assist_queue_size,
                                    name=self.selection)
         self.first_batch = collate(self.shard[:1])

@@ -1,0 +1,180 @@
+"""Candidates and batches in fairseq's own length buckets, so selection is the only change.
+
+Each pass over the shard is batched exactly as fairseq's iterator batches an epoch:
+a fresh random permutation sorted by source length, ties by target length
+(``LanguagePairDataset.ordered_indices``), cut by ``data_utils.batch_by_size``
+under the run's ``--max-tokens``/``--batch-size``. These *base batches* are the
+candidates. Runs of ``group_batches`` neighbouring base batches form groups; the
+groups are visited in random order, the base batches of a group one after the
+other.
+
+The selection policy drops instances inside a base batch. A base batch kept
+whole is emitted as it is; otherwise its kept instances join those of its
+group, which are cut by ``batch_by_size`` again in the pass's length order:
+every batch of that cut is emitted except the last (possibly under-full) one,
+which waits for the group's next base batch, or is emitted once the group is
+done. With every instance kept the Boss therefore trains on fairseq's batches
+of the pass (``tests/assist/test_neutral_iterator.py``); what differs from
+fairseq's iterator is only the order, shuffled within each group instead of
+over the whole pass.
+
+:class:`LengthBucketStream` and :class:`BucketBatcher` share one pass and fit
+the :class:`~fairseq_efficiency.assist.worker.AssistWorker` interface of the
+candidate stream and the batcher.
+"""
+import numpy as np
+
+
+class _Cutter:
+    def __init__(self, src, tgt, num_tokens, max_tokens, max_sentences, mult):
+        if max_tokens is None and max_sentences is None:
+            raise ValueError("set --max-tokens or --batch-size")
+        self.src, self.tgt = np.asarray(src, np.int64), np.asarray(tgt, np.int64)
+        self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
+        self.max_tokens, self.max_sentences, self.mult = max_tokens, max_sentences, mult
+
+    def sort(self, idx):
+        """fairseq's order: stable sort by target length, then by source length (the
+        source length is the primary key)."""
+        idx = idx[np.argsort(self.tgt[idx], kind="mergesort")]
+        return idx[np.argsort(self.src[idx], kind="mergesort")]
+
+    def cut(self, ordered):
+        from fairseq.data import data_utils
+
+        if len(ordered) == 0:
+            return []
+        def cut(idx, mult):
+            return [np.asarray(b, dtype=np.int64) for b in data_utils.batch_by_size(
+                idx, num_tokens_fn=lambda i: int(self.num_tokens[i]),
+                num_tokens_vec=self.num_tokens[idx], max_tokens=self.max_tokens,
+                max_sentences=self.max_sentences, required_batch_size_multiple=mult)]
+
+        batches = cut(ordered, self.mult)
+        # with a batch size multiple, fairseq leaves out a tail shorter than the multiple
+        covered = sum(len(b) for b in batches)
+        if covered < len(ordered):
+            batches += cut(ordered[covered:], 1)
+        return batches
+
+
+class LengthBucketStream:
+    """Candidates: fairseq's base batches of successive passes, in random order."""
+
+    def __init__(self, shard, n, src, tgt, num_tokens, max_tokens, max_sentences, rng,
+                 required_batch_size_multiple=1, group_batches=32):
+        self.shard = np.asarray(shard, dtype=np.int64)
+        if len(self.shard) == 0:
+            raise ValueError("empty data shard")
+        self.cutter = _Cutter(src, tgt, num_tokens, max_tokens, max_sentences,
+                              required_batch_size_multiple)
+        self.rng = rng
+        self.group_batches = int(group_batches)
+        self.rank = np.zeros(n, dtype=np.int64)   # position in the pass's length order
+        self.group = np.zeros(n, dtype=np.int64)  # group of neighbouring base batches
+        self.batch_of = np.zeros(n, dtype=np.int64)  # base batch in length order
+        self.passes = 0    # completed passes over the shard
+        self.pass_done = False
+        self._start(self.cutter.sort(self.shard[rng.permutation(len(self.shard))]),
+                    visit=None, pos=0)
+
+    def _start(self, order, visit, pos):
+        self.order = np.asarray(order, dtype=np.int64)
+        self.batches = self.cutter.cut(self.order)
+        nb = len(self.batches)
+        groups = np.arange(nb) // self.group_batches
+        if visit is None:  # groups in random order, a group's batches in length order
+            first = self.rng.permutation(int(groups.max(initial=-1)) + 1) * self.group_batches
+            visit = np.concatenate([np.arange(f, min(f + self.group_batches, nb)) for f in first]
+                                   or [np.zeros(0, dtype=np.int64)])
+        self.visit = np.asarray(visit, dtype=np.int64)
+        self.pos = int(pos)
+        self.rank[self.order] = np.arange(len(self.order))
+        self.sizes = np.array([len(b) for b in self.batches], dtype=np.int64)
+        for j, (b, g) in enumerate(zip(self.batches, groups)):
+            self.group[b] = g
+            self.batch_of[b] = j
+        self.group_left = np.bincount(groups, minlength=int(groups.max(initial=0)) + 1)
+        np.subtract.at(self.group_left, groups[self.visit[:self.pos]], 1)
+
+    def batches_per_pass(self):
+        return len(self.batches)
+
+    def take(self, k):
+        """Whole base batches, at least ``k`` candidates or up to the end of the pass."""
+        if self.pass_done:
+            self.passes += 1
+            self.pass_done = False
+            self._start(self.cutter.sort(self.shard[self.rng.permutation(len(self.shard))]),
+                        visit=None, pos=0)
+        out, got = [], 0
+        while got < k and self.pos < len(self.visit):
+            j = self.visit[self.pos]
+            self.pos += 1
+            self.group_left[j // self.group_batches] -= 1
+            out.append(self.batches[j])
+            got += len(self.batches[j])
+        self.pass_done = self.pos >= len(self.visit)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def state_dict(self):
+        return {"order": self.order.copy(), "visit": self.visit.copy(), "pos": self.pos,
+                "passes": self.passes, "pass_done": self.pass_done,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, st):
+        order = np.asarray(st["order"], dtype=np.int64)
+        if len(order) != len(self.shard) or not np.array_equal(np.sort(order), np.sort(self.shard)):
+            raise ValueError("selection state is for a different training data shard")
+        self._start(order, st["visit"], st["pos"])
+        self.passes, self.pass_done = int(st["passes"]), bool(st["pass_done"])
+        self.rng.bit_generator.state = st["rng"]
+
+
+class BucketBatcher:
+    """Kept instances merged within their group of neighbouring base batches."""
+
+    def __init__(self, stream: LengthBucketStream):
+        self.stream = stream
+        self._pool = np.zeros(0, dtype=np.int64)  # kept, not yet in an emitted batch
+        self._whole = []  # base batches kept whole, until the next pop_batches
+
+    @property
+    def pool(self):
+        """Kept instances not yet batched; ``[]`` when there are none (an empty numpy
+        array pickles through ``bytes``, which torch's weights-only loader refuses)."""
+        return self._pool if len(self._pool) else []
+
+    @pool.setter
+    def pool(self, idx):
+        self._pool = np.asarray(idx, dtype=np.int64)
+
+    def add(self, idx):
+        """Kept instances of whole base batches: those kept whole are ready as they are."""
+        s = self.stream
+        idx = np.asarray(idx, dtype=np.int64)
+        bid = s.batch_of[idx]
+        whole = np.bincount(bid, minlength=len(s.sizes)) == s.sizes
+        for j in np.unique(bid[whole[bid]]):
+            self._whole.append(s.batches[j])
+        self._pool = np.concatenate([self._pool, idx[~whole[bid]]])
+
+    def batches_per_pass(self, order=None):
+        """Batches of one pass with everything kept: fairseq's batches of the shard."""
+        return self.stream.batches_per_pass()
+
+    def pop_batches(self, rng):
+        """Batches ready in the pool, in random order (``[]`` while groups still fill)."""
+        s = self.stream
+        out, self._whole = self._whole, []
+        if len(self._pool):
+            pool = self._pool[np.argsort(s.rank[self._pool], kind="stable")]
+            bounds = np.flatnonzero(np.diff(s.group[pool])) + 1
+            rest = []
+            for part in np.split(pool, bounds):
+                batches = s.cutter.cut(part)
+                if s.group_left[s.group[part[0]]] > 0:  # the last batch may still grow
+                    rest.append(batches.pop())
+                out.extend(batches)
+            self._pool = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
+        return [out[i] for i in rng.permutation(len(out))]
