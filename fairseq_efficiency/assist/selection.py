@@ -1,7 +1,7 @@
 """Instance-selection policies: who decides whether a candidate reaches the Boss.
 
 All policies share one interface, so AutoAssist and the baselines run through
-the same candidate stream, the same refilled batching and the same budgets:
+the same candidate stream, the same batching (:mod:`.bucketing`) and the same budgets:
 
 * :meth:`keep_prob(idx)` -- probability that each candidate is kept;
 * :meth:`observe(ids, losses)` -- per-sentence Boss losses of a trained batch;

@@ -11,7 +11,8 @@ import torch
 from fairseq_efficiency.assist.competence import (CompetenceSelector, competence,
                                                   difficulty_cdf, length_difficulty,
                                                   rarity_difficulty)
-from fairseq_efficiency.assist.worker import AssistWorker, CandidateStream, RefillBatcher
+from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
+from fairseq_efficiency.assist.worker import AssistWorker
 from tests.helpers import run_cli, train_args
 
 
@@ -42,10 +43,11 @@ def test_length_and_rarity_cdf_on_a_hand_made_corpus():
 
 
 def make_worker(selector, sizes, max_tokens=200):
-    batcher = RefillBatcher(sizes, sizes, sizes, max_tokens, None, pool_batches=4)
-    return AssistWorker(selector, CandidateStream(np.arange(len(sizes)), np.random.default_rng(0)),
-                        batcher, collate=lambda b: {"id": b}, ntokens=2 * sizes,
-                        rng=np.random.default_rng(1), queue_size=4, chunk=64)
+    n = len(sizes)
+    stream = LengthBucketStream(np.arange(n), n, sizes, sizes, sizes, max_tokens, None,
+                                np.random.default_rng(0), group_batches=4)
+    return AssistWorker(selector, stream, BucketBatcher(stream), collate=lambda b: {"id": b},
+                        ntokens=2 * sizes, rng=np.random.default_rng(1), queue_size=4, chunk=64)
 
 
 def test_batches_at_update_t_hold_only_competent_sentences():
@@ -54,15 +56,17 @@ def test_batches_at_update_t_hold_only_competent_sentences():
     sel = CompetenceSelector(scores, steps=100)
     w = make_worker(sel, sizes)
     try:
-        seen_max = []
+        seen_max, first = [], None
         for t in (0, 5, 20, 50, 100):
             sel.set_update(t)
-            drawn = np.concatenate([w.next_batch()[0] for _ in range(15)])
+            k = 15 if t < 100 else 2 * w.batcher.batches_per_pass()  # then a pass or more
+            drawn = np.concatenate([w.next_batch()[0] for _ in range(k)])
+            first = drawn if first is None else first
             # batches made earlier (lower competence) may still be queued: never harder
             assert scores[drawn].max() <= competence(t, 100)
             seen_max.append(scores[drawn].max())
-        assert seen_max[0] == 0.0 and sizes[drawn].min() == 3  # the shortest first
-        assert seen_max[-1] > 0.9  # full competence: the hardest are trained too
+        assert seen_max[0] == 0.0 and np.all(sizes[first] == 3)  # the shortest first
+        assert seen_max[-1] == scores.max()  # full competence: the hardest are trained too
         assert np.all(np.diff(seen_max) >= 0)
     finally:
         w.close()
