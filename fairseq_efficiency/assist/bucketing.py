@@ -4,19 +4,17 @@ Each pass over the shard is batched exactly as fairseq's iterator batches an epo
 a fresh random permutation sorted by source length, ties by target length
 (``LanguagePairDataset.ordered_indices``), cut by ``data_utils.batch_by_size``
 under the run's ``--max-tokens``/``--batch-size``. These *base batches* are the
-candidates. Runs of ``group_batches`` neighbouring base batches form groups; the
-groups are visited in random order, the base batches of a group one after the
-other.
+candidates, visited in random order (fairseq shuffles its batches each epoch).
 
 The selection policy drops instances inside a base batch. A base batch kept
 whole is emitted as it is; otherwise its kept instances join those of its
-group, which are cut by ``batch_by_size`` again in the pass's length order:
-every batch of that cut is emitted except the last (possibly under-full) one,
-which waits for the group's next base batch, or is emitted once the group is
-done. With every instance kept the Boss therefore trains on fairseq's batches
-of the pass (``tests/assist/test_neutral_iterator.py``); what differs from
-fairseq's iterator is only the order, shuffled within each group instead of
-over the whole pass.
+group (``group_batches`` neighbouring base batches in length order), which are
+cut by ``batch_by_size`` again in length order: every batch of that cut is
+emitted except the last (possibly under-full) one, which waits for the group's
+next base batch; once the group is done it moves on to the nearest group that
+still has unvisited base batches, and is emitted at the end of the pass. With
+every instance kept the Boss therefore trains on fairseq's batches of the pass,
+in random order (``tests/assist/test_neutral_iterator.py``).
 
 :class:`LengthBucketStream` and :class:`BucketBatcher` share one pass and fit
 the :class:`~fairseq_efficiency.assist.worker.AssistWorker` interface of the
@@ -83,10 +81,8 @@ class LengthBucketStream:
         self.batches = self.cutter.cut(self.order)
         nb = len(self.batches)
         groups = np.arange(nb) // self.group_batches
-        if visit is None:  # groups in random order, a group's batches in length order
-            first = self.rng.permutation(int(groups.max(initial=-1)) + 1) * self.group_batches
-            visit = np.concatenate([np.arange(f, min(f + self.group_batches, nb)) for f in first]
-                                   or [np.zeros(0, dtype=np.int64)])
+        if visit is None:  # fairseq's order: the batches shuffled
+            visit = self.rng.permutation(nb)
         self.visit = np.asarray(visit, dtype=np.int64)
         self.pos = int(pos)
         self.rank[self.order] = np.arange(len(self.order))
@@ -138,6 +134,7 @@ class BucketBatcher:
         self.stream = stream
         self._pool = np.zeros(0, dtype=np.int64)  # kept, not yet in an emitted batch
         self._whole = []  # base batches kept whole, until the next pop_batches
+        self._pool_group = None  # group of each pooled instance (set by pop_batches)
 
     @property
     def pool(self):
@@ -148,6 +145,7 @@ class BucketBatcher:
     @pool.setter
     def pool(self, idx):
         self._pool = np.asarray(idx, dtype=np.int64)
+        self._pool_group = None  # restored: each instance back in its own group
 
     def add(self, idx):
         """Kept instances of whole base batches: those kept whole are ready as they are."""
@@ -157,24 +155,42 @@ class BucketBatcher:
         whole = np.bincount(bid, minlength=len(s.sizes)) == s.sizes
         for j in np.unique(bid[whole[bid]]):
             self._whole.append(s.batches[j])
-        self._pool = np.concatenate([self._pool, idx[~whole[bid]]])
+        new = idx[~whole[bid]]
+        if self._pool_group is not None:
+            self._pool_group = np.concatenate([self._pool_group, s.group[new]])
+        self._pool = np.concatenate([self._pool, new])
 
     def batches_per_pass(self, order=None):
         """Batches of one pass with everything kept: fairseq's batches of the shard."""
         return self.stream.batches_per_pass()
 
     def pop_batches(self, rng):
-        """Batches ready in the pool, in random order (``[]`` while groups still fill)."""
+        """Batches ready in the pool, in random order (``[]`` while groups still fill).
+
+        A group's last, possibly under-full batch waits while the group has unvisited base
+        batches; once the group is done it moves to the nearest group (in length order)
+        that still has some, and is emitted when there is none."""
         s = self.stream
         out, self._whole = self._whole, []
         if len(self._pool):
-            pool = self._pool[np.argsort(s.rank[self._pool], kind="stable")]
-            bounds = np.flatnonzero(np.diff(s.group[pool])) + 1
-            rest = []
-            for part in np.split(pool, bounds):
-                batches = s.cutter.cut(part)
-                if s.group_left[s.group[part[0]]] > 0:  # the last batch may still grow
-                    rest.append(batches.pop())
+            g = s.group[self._pool]
+            if self._pool_group is not None and len(self._pool_group) == len(self._pool):
+                g = self._pool_group
+            order = np.lexsort((s.rank[self._pool], g))
+            pool, g = self._pool[order], g[order]
+            bounds = np.flatnonzero(np.diff(g)) + 1
+            open_groups = np.flatnonzero(s.group_left > 0)
+            rest, rest_group = [], []
+            for part, gp in zip(np.split(pool, bounds), np.split(g, bounds)):
+                batches = s.cutter.cut(part[np.argsort(s.rank[part], kind="stable")])
+                target = int(gp[0])
+                if s.group_left[target] == 0 and len(open_groups):
+                    target = int(open_groups[np.argmin(np.abs(open_groups - target))])
+                if s.group_left[target] > 0:  # the last batch may still grow
+                    last = batches.pop()
+                    rest.append(last)
+                    rest_group.append(np.full(len(last), target))
                 out.extend(batches)
             self._pool = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
+            self._pool_group = np.concatenate(rest_group) if rest else None
         return [out[i] for i in rng.permutation(len(out))]

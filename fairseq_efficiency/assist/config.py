@@ -39,7 +39,7 @@ class AutoAssistConfig:
         default=16, metadata={"help": "capacity (batches) of the Boss queue; the Assistant queue "
                               "holds 4x as many loss batches (section 4.2)"})
     assist_pool_batches: int = field(
-        default=32, metadata={"help": "kept instances of this many neighbouring batches of "
+        default=4, metadata={"help": "kept instances of this many neighbouring batches of "
                              "fairseq's length-sorted batching are merged and cut into full "
                              "batches"})
     assist_rebuild_features: bool = field(

@@ -59,6 +59,10 @@ def test_nothing_kept_out_means_fairseq_batches(tiny_data_bin, tmp_path, max_tok
     assert n_s == pytest.approx(n_f, rel=0.02)
     assert sents_s == pytest.approx(sents_f, rel=0.02)
     assert pad_s == pytest.approx(pad_f, rel=0.1, abs=0.002)
+    # in random order, as fairseq's: lengths of consecutive batches are uncorrelated
+    for batches in (fairseq_batches, selected):
+        lengths = np.array([s["net_input"]["src_lengths"].float().mean().item() for s in batches])
+        assert abs(np.corrcoef(lengths[:-1], lengths[1:])[0, 1]) < 0.25
     # one epoch is one pass: every pair once
     ids = np.sort(np.concatenate([s["id"].numpy() for s in selected]))
     np.testing.assert_array_equal(ids, np.arange(len(ds)))
