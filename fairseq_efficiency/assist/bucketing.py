@@ -37,22 +37,23 @@ class _Cutter:
         idx = idx[np.argsort(self.tgt[idx], kind="mergesort")]
         return idx[np.argsort(self.src[idx], kind="mergesort")]
 
-    def cut(self, ordered):
+    def _batch_by_size(self, ordered, mult):
         from fairseq.data import data_utils
 
+        return [np.asarray(b, dtype=np.int64) for b in data_utils.batch_by_size(
+            ordered, num_tokens_fn=lambda i: int(self.num_tokens[i]),
+            num_tokens_vec=self.num_tokens[ordered], max_tokens=self.max_tokens,
+            max_sentences=self.max_sentences, required_batch_size_multiple=mult)]
+
+    def cut(self, ordered):
+        """fairseq's ``batch_by_size`` of ``ordered``, every instance in some batch."""
         if len(ordered) == 0:
             return []
-        def cut(idx, mult):
-            return [np.asarray(b, dtype=np.int64) for b in data_utils.batch_by_size(
-                idx, num_tokens_fn=lambda i: int(self.num_tokens[i]),
-                num_tokens_vec=self.num_tokens[idx], max_tokens=self.max_tokens,
-                max_sentences=self.max_sentences, required_batch_size_multiple=mult)]
-
-        batches = cut(ordered, self.mult)
+        batches = self._batch_by_size(ordered, self.mult)
         # with a batch size multiple, fairseq leaves out a tail shorter than the multiple
         covered = sum(len(b) for b in batches)
         if covered < len(ordered):
-            batches += cut(ordered[covered:], 1)
+            batches += self._batch_by_size(ordered[covered:], 1)
         return batches
 
 
@@ -60,7 +61,7 @@ class LengthBucketStream:
     """Candidates: fairseq's base batches of successive passes, in random order."""
 
     def __init__(self, shard, n, src, tgt, num_tokens, max_tokens, max_sentences, rng,
-                 required_batch_size_multiple=1, group_batches=32):
+                 required_batch_size_multiple=1, group_batches=4):
         self.shard = np.asarray(shard, dtype=np.int64)
         if len(self.shard) == 0:
             raise ValueError("empty data shard")
@@ -87,9 +88,9 @@ class LengthBucketStream:
         self.pos = int(pos)
         self.rank[self.order] = np.arange(len(self.order))
         self.sizes = np.array([len(b) for b in self.batches], dtype=np.int64)
-        for j, (b, g) in enumerate(zip(self.batches, groups)):
-            self.group[b] = g
-            self.batch_of[b] = j
+        flat = np.concatenate(self.batches) if nb else np.zeros(0, dtype=np.int64)
+        self.batch_of[flat] = np.repeat(np.arange(nb), self.sizes)
+        self.group[flat] = self.batch_of[flat] // self.group_batches
         self.group_left = np.bincount(groups, minlength=int(groups.max(initial=0)) + 1)
         np.subtract.at(self.group_left, groups[self.visit[:self.pos]], 1)
 
@@ -122,7 +123,11 @@ class LengthBucketStream:
         order = np.asarray(st["order"], dtype=np.int64)
         if len(order) != len(self.shard) or not np.array_equal(np.sort(order), np.sort(self.shard)):
             raise ValueError("selection state is for a different training data shard")
-        self._start(order, st["visit"], st["pos"])
+        nb = len(self.cutter.cut(order))
+        visit, pos = np.asarray(st["visit"], dtype=np.int64), int(st["pos"])
+        if not (np.array_equal(np.sort(visit), np.arange(nb)) and 0 <= pos <= nb):
+            raise ValueError("selection state: the batch visit order does not match the data")
+        self._start(order, visit, pos)
         self.passes, self.pass_done = int(st["passes"]), bool(st["pass_done"])
         self.rng.bit_generator.state = st["rng"]
 

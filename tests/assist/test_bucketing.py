@@ -2,6 +2,7 @@
 import io
 
 import numpy as np
+import pytest
 import torch
 
 from fairseq_efficiency import compat
@@ -98,3 +99,14 @@ def test_no_instance_is_lost_with_a_batch_size_multiple():
         batches = stream.cutter.cut(part)
         np.testing.assert_array_equal(np.concatenate(batches), part)
         assert all(len(b) * NUM_TOKENS[b].max() <= 300 for b in batches)
+
+
+def test_state_of_other_data_is_refused():
+    w, stream, _ = make(Keep())
+    w.close()
+    st = stream.state_dict()
+    with pytest.raises(ValueError, match="visit order does not match"):
+        stream.load_state_dict(dict(st, visit=st["visit"][:-1]))
+    with pytest.raises(ValueError, match="different training data shard"):
+        stream.load_state_dict(dict(st, order=st["order"][:-1]))
+    stream.load_state_dict(st)
