@@ -120,3 +120,18 @@ def test_fairseq_train_with_competence_and_resume(tiny_data_bin, tmp_path, diffi
     assert "restored worker 0 state" in log
     second = logged_competence(log)
     assert second == {k: pytest.approx(competence(k - 1, 20), abs=1e-3) for k in range(5, 8)}
+
+
+def test_invalid_competence_options_are_rejected():
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from fairseq_efficiency.assist.config import AutoAssistConfig, validate
+
+    cfg = SimpleNamespace(**asdict(AutoAssistConfig()))
+    cfg.instance_selection = "competence"
+    assert validate(cfg) == "competence"
+    for name, bad, msg in [("competence_steps", 0, "--competence-steps must be >= 1, got 0"),
+                           ("competence_c0", 0.0, "--competence-c0 must be in (0, 1], got 0.0")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            validate(SimpleNamespace(**{**vars(cfg), name: bad}))
