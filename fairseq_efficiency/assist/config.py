@@ -5,7 +5,9 @@ from fairseq.dataclass import ChoiceEnum
 
 from fairseq_efficiency.errors import PluginConfigError
 
-SELECTION_CHOICES = ChoiceEnum(["uniform", "autoassist", "self-paced", "dynamic-sampling"])
+SELECTION_CHOICES = ChoiceEnum(["uniform", "autoassist", "self-paced", "dynamic-sampling",
+                                "competence"])
+DIFFICULTY_CHOICES = ChoiceEnum(["length", "rarity"])
 
 
 @dataclass
@@ -14,8 +16,9 @@ class AutoAssistConfig:
         default="uniform",
         metadata={"help": "which training instances reach the model: uniform (fairseq's own "
                   "batches), autoassist (a learned Assistant shrinks low-loss instances, Zhang "
-                  "et al. 2019), self-paced (SPL) or dynamic-sampling (Wang et al. 2018). "
-                  "Non-uniform choices need --criterion sentence_cross_entropy"},
+                  "et al. 2019), self-paced (SPL), dynamic-sampling (Wang et al. 2018) or "
+                  "competence (curriculum, Platanios et al. 2019). Loss-based choices need "
+                  "--criterion sentence_cross_entropy"},
     )
     assist_lr: float = field(
         default=0.1, metadata={"help": "Assistant learning rate eta (eq. 5; constant, per instance)"})
@@ -38,8 +41,9 @@ class AutoAssistConfig:
         default=16, metadata={"help": "capacity (batches) of the Boss queue; the Assistant queue "
                               "holds 4x as many loss batches (section 4.2)"})
     assist_pool_batches: int = field(
-        default=32, metadata={"help": "kept candidates are pooled, length-sorted and cut into "
-                             "full batches this many batches at a time"})
+        default=4, metadata={"help": "kept instances of this many neighbouring batches of "
+                             "fairseq's length-sorted batching are merged and cut into full "
+                             "batches"})
     assist_rebuild_features: bool = field(
         default=False, metadata={"help": "rebuild the cached TF-IDF features even if valid"})
     spl_start_quantile: float = field(
@@ -52,6 +56,15 @@ class AutoAssistConfig:
     ds_review_share: float = field(
         default=0.2, metadata={"help": "dynamic-sampling: share of the sample drawn uniformly "
                                "(review) instead of by loss decline"})
+    competence_difficulty: DIFFICULTY_CHOICES = field(
+        default="length", metadata={"help": "competence: sentence difficulty, source length or "
+                                    "word rarity (-sum of log unigram probabilities of the "
+                                    "source tokens, from the training source side)"})
+    competence_steps: int = field(
+        default=5000, metadata={"help": "competence: T, updates until every instance is "
+                                "available, c(t) = min(1, sqrt(t (1 - c0^2) / T + c0^2))"})
+    competence_c0: float = field(
+        default=0.01, metadata={"help": "competence: initial competence c0 (the paper's 0.01)"})
 
 
 def validate(cfg):
@@ -60,7 +73,7 @@ def validate(cfg):
     if sel not in SELECTION_CHOICES.__members__ and sel not in [str(c) for c in SELECTION_CHOICES]:
         raise PluginConfigError(
             f"--instance-selection must be one of uniform, autoassist, self-paced, "
-            f"dynamic-sampling; got {sel!r}")
+            f"dynamic-sampling, competence; got {sel!r}")
     checks = [
         ("assist_lr", lambda v: v > 0, "> 0"),
         ("assist_l2", lambda v: v >= 0, ">= 0"),
@@ -74,6 +87,8 @@ def validate(cfg):
         ("spl_growth", lambda v: v >= 1, ">= 1"),
         ("ds_sample_rate", lambda v: 0 < v <= 1, "in (0, 1]"),
         ("ds_review_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("competence_steps", lambda v: v >= 1, ">= 1"),
+        ("competence_c0", lambda v: 0 < v <= 1, "in (0, 1]"),
     ]
     for name, ok, what in checks:
         v = getattr(cfg, name)

@@ -1,9 +1,10 @@
 """fairseq adapter: the instance-selection hook of ``translation_efficiency``.
 
-``--instance-selection autoassist|self-paced|dynamic-sampling`` makes this hook
-own the training batch iterator (:mod:`.iterator`), feed the policy with the
-Boss's per-sentence losses (token-mean NLL from ``sentence_cross_entropy``,
-no extra forward) and log its accounting through ``fairseq.logging.metrics``.
+``--instance-selection autoassist|self-paced|dynamic-sampling|competence`` makes
+this hook own the training batch iterator (:mod:`.iterator`), feed the policy with
+the Boss's per-sentence losses (token-mean NLL from ``sentence_cross_entropy``,
+no extra forward; ``competence`` needs only the update number) and log its
+accounting through ``fairseq.logging.metrics``.
 
 Data parallel: each worker owns an Assistant over its own shard (a fixed random
 partition of the training set); the number of batches per epoch is agreed
@@ -24,7 +25,8 @@ from fairseq_efficiency.assist.assistant import Assistant
 from fairseq_efficiency.assist.iterator import ShrinkingEpochBatchIterator
 from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamplingSelector,
                                                  SelfPacedSelector)
-from fairseq_efficiency.assist.worker import AssistWorker, CandidateStream, RefillBatcher
+from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
+from fairseq_efficiency.assist.worker import AssistWorker
 from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
@@ -54,6 +56,7 @@ class InstanceSelectionHook(EfficiencyHook):
     def __init__(self, cfg, selection):
         self.cfg = cfg
         self.selection = selection
+        self.needs_sentence_losses = selection != "competence"
         self.worker = None
         self.itr = None
         self.rank, self.world = 0, 1
@@ -112,20 +115,31 @@ class InstanceSelectionHook(EfficiencyHook):
                                   confidence_decay=cfg.assist_confidence_decay,
                                   min_keep=cfg.assist_min_keep, seed=seed + self.rank)
             selector = AutoAssistSelector(x, assistant, cfg.assist_warmup_epochs)
+        elif self.selection == "competence":
+            from fairseq_efficiency.assist import competence
+            from fairseq_efficiency.assist.features import split_prefix
+
+            prefix = None
+            if str(cfg.competence_difficulty) == "rarity":
+                prefix = split_prefix(utils.split_paths(task.cfg.data)[0],
+                                      self._split_name(task, dataset), task.cfg.source_lang,
+                                      task.cfg.target_lang) + task.cfg.source_lang
+            selector = competence.build_selector(cfg, dataset, self.shard, prefix,
+                                                 task.src_dict.nspecial)
         elif self.selection == "self-paced":
             selector = SelfPacedSelector(n, self.shard, cfg.spl_start_quantile, cfg.spl_growth)
         else:
             selector = DynamicSamplingSelector(n, self.shard, cfg.ds_sample_rate, cfg.ds_review_share)
-        batcher = RefillBatcher(src, tgt, self.num_tokens, max_tokens, max_sentences, mult,
-                                pool_batches=cfg.assist_pool_batches)
-        # batches of one full pass of candidates through the refilling pool (epoch unit)
-        self.n_pass = batcher.batches_per_pass(
-            np.random.default_rng([seed, self.rank, 104729]).permutation(self.shard))
+        # candidates in fairseq's length buckets; kept ones merged with their neighbours
+        stream = LengthBucketStream(self.shard, n, src, tgt, self.num_tokens, max_tokens,
+                                    max_sentences, rng, mult, cfg.assist_pool_batches)
+        batcher = BucketBatcher(stream)
+        self.n_pass = batcher.batches_per_pass()  # fairseq's batches of the shard (epoch unit)
 
         def collate(b):
             return dataset.collater([dataset[int(i)] for i in b])
 
-        self.worker = AssistWorker(selector, CandidateStream(self.shard, rng), batcher, collate,
+        self.worker = AssistWorker(selector, stream, batcher, collate,
                                    self.ntokens, rng, queue_size=cfg.assist_queue_size,
                                    name=self.selection)
         self.first_batch = collate(self.shard[:1])
@@ -152,6 +166,8 @@ class InstanceSelectionHook(EfficiencyHook):
             p = np.clip(w.selector.keep_prob(self.shard), 0.0, 1.0)
         t = self.num_tokens[self.shard].astype(np.float64)
         frac = float((p * t).sum() / max(t.sum(), 1.0))
+        if getattr(w.selector, "full_epochs", False):  # a curriculum: one pass of updates
+            frac = 1.0
         local = max(1, int(math.ceil(self.n_pass * frac)))
         n = max(_all_gather(local, self.world))
         logger.info("%s: epoch %d = %d batches (expected keep rate %.3f, worker %d wants %d)",
@@ -161,15 +177,17 @@ class InstanceSelectionHook(EfficiencyHook):
     # -- training loop ------------------------------------------------------------------
     def before_train_step(self, sample, model, update_num):
         self._in_valid = False
+        if self.worker is not None:
+            self.worker.selector.set_update(update_num)
 
     def after_train_step(self, out):
-        if self.worker is None or out.ignore_grad or out.sentence_loss is None:
+        if self.worker is None or out.ignore_grad:
             return
         ids = out.ids.detach().cpu().numpy().astype(np.int64)
-        losses = out.sentence_loss.detach().float().cpu().numpy()
         self.boss_tokens += int(self.ntokens[ids].sum())
         self.update_num = out.update_num
-        self.worker.put_losses(ids, losses)
+        if out.sentence_loss is not None:
+            self.worker.put_losses(ids, out.sentence_loss.detach().float().cpu().numpy())
 
     def on_valid_epoch_start(self, epoch, model):
         self._in_valid = True

@@ -4,12 +4,12 @@ Epoch definition: epoch ``e`` is ``N_e`` Boss batches, where ``N_e`` is fixed
 when the epoch starts as the number of batches that one pass of candidates
 over the worker's shard is expected to fill at the current keep probabilities
 (``N_pass * sum_i p_i t_i / sum_i t_i``; ``t_i`` the instance's tokens, ``N_pass``
-the batches a full pass fills through the refilling pool) and then maximised
+fairseq's batches of the shard, :mod:`.bucketing`; a curriculum keeps ``N_pass``) and then maximised
 over data-parallel workers, so every worker yields the same number of batches
 (no DDP hang). The candidate stream itself continues across epoch boundaries,
 so every instance is offered equally often over training and ``--max-epoch``,
 LR schedules and validation keep their meaning: with nothing shrunk an epoch
-is one pass over the data.
+is one pass over the data, in fairseq's batches.
 """
 from fairseq.data import iterators
 

@@ -1,11 +1,13 @@
 """Instance-selection policies: who decides whether a candidate reaches the Boss.
 
 All policies share one interface, so AutoAssist and the baselines run through
-the same candidate stream, the same refilled batching and the same budgets:
+the same candidate stream, the same batching (:mod:`.bucketing`) and the same budgets:
 
 * :meth:`keep_prob(idx)` -- probability that each candidate is kept;
 * :meth:`observe(ids, losses)` -- per-sentence Boss losses of a trained batch;
-* :meth:`start_epoch(epoch)` -- per-epoch bookkeeping (curricula that change per epoch).
+* :meth:`start_epoch(epoch)` -- per-epoch bookkeeping (curricula that change per epoch);
+* :meth:`set_update(update_num)` -- the Boss's update number (curricula over updates,
+  :mod:`.competence`).
 
 Policies:
 
@@ -37,6 +39,9 @@ class Selector:
         pass
 
     def start_epoch(self, epoch):
+        pass
+
+    def set_update(self, update_num):
         pass
 
     def stats(self):
