@@ -146,7 +146,7 @@ def test_hybrid_balance_must_match_layers_in_one_process(tiny_data_bin, balance)
     from tests.parallel.test_fairseq_model import _cfg
 
     cfg = _cfg(tiny_data_bin, "--pipeline-encoder-balance", balance,
-               "--pipeline-decoder-balance", balance)
+               "--pipeline-decoder-balance", balance, "--pipeline-chunks", "2")
     task = tasks.setup_task(cfg.task)
     with pytest.raises(ValueError, match="summing to the 2 layers"):
         task.build_model(cfg.model)

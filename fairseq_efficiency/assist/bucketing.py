@@ -199,3 +199,13 @@ class BucketBatcher:
             self._pool = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
             self._pool_group = np.concatenate(rest_group) if rest else None
         return [out[i] for i in rng.permutation(len(out))]
+
+    def flush(self, rng):
+        """Everything kept so far, batched now whatever the groups (a refill that has
+        examined a whole pass: see :class:`~fairseq_efficiency.assist.worker.AssistWorker`)."""
+        s = self.stream
+        out, self._whole = self._whole, []
+        if len(self._pool):
+            out.extend(s.cutter.cut(self._pool[np.argsort(s.rank[self._pool], kind="stable")]))
+        self._pool, self._pool_group = np.zeros(0, dtype=np.int64), None
+        return [out[i] for i in rng.permutation(len(out))]

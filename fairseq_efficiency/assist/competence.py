@@ -83,6 +83,7 @@ class CompetenceSelector(Selector):
     """
 
     full_epochs = True
+    zero_is_final = True
 
     def __init__(self, scores, steps, c0=0.01):
         if not 0 < c0 <= 1:

@@ -32,6 +32,10 @@ from fairseq_efficiency.assist.assistant import Assistant
 
 
 class Selector:
+    #: a keep probability of 0 is a rule (a curriculum's), not a small estimate: a refill
+    #: that kept nothing for a whole pass never forces such candidates in
+    zero_is_final = False
+
     def keep_prob(self, idx):
         raise NotImplementedError
 

@@ -221,9 +221,14 @@ class AssistWorker:
             top = np.argsort(-pr, kind="stable")[:self.chunk]
             self.best_ids, self.best_p = ids[top], pr[top]
             if self.examined >= len(self.stream.shard):
-                if not len(self.batcher.pool):
-                    self._force_keep(self.best_ids)
+                allowed = self.best_ids
+                if self.selector.zero_is_final:  # never what the policy forbids
+                    allowed = allowed[self.best_p > 0]
+                if not len(self.batcher.pool) and len(allowed):
+                    self._force_keep(allowed)
                 batches = self.batcher.flush(self.rng)
+                if not batches:  # nothing allowed yet (e.g. a curriculum): another pass
+                    self._reset_refill()
         if batches:
             self._reset_refill()
         return batches
@@ -330,7 +335,7 @@ class AssistWorker:
                 "selector": self.selector.state_dict(),
                 "stream": self.stream.state_dict(),
                 # lists, not arrays: torch's weights-only unpickler refuses empty numpy arrays
-                "pool": self.batcher.pool.tolist(),
+                "pool": np.asarray(self.batcher.pool, dtype=np.int64).tolist(),
                 "rng": self.rng.bit_generator.state,
                 "pending": [np.asarray(b) for b in pending],
                 "losses": [(np.asarray(i), np.asarray(l)) for i, l in losses],
