@@ -5,7 +5,8 @@ the same candidate stream, the same refilled batching and the same budgets:
 
 * :meth:`keep_prob(idx)` -- probability that each candidate is kept;
 * :meth:`observe(ids, losses)` -- per-sentence Boss losses of a trained batch;
-* :meth:`start_epoch(epoch)` -- per-epoch bookkeeping (curricula that change per epoch).
+* :meth:`start_epoch(epoch)` -- per-epoch bookkeeping (curricula that change per epoch);
+* :meth:`start_pass(passes)` -- the candidate stream began pass ``passes + 1`` over the shard.
 
 Policies:
 
@@ -39,6 +40,9 @@ class Selector:
     def start_epoch(self, epoch):
         pass
 
+    def start_pass(self, passes):
+        pass
+
     def stats(self):
         return {}
 
@@ -68,6 +72,11 @@ class AutoAssistSelector(Selector):
 
     def observe(self, ids, losses):
         self.assistant.update(self.features[ids], losses)
+
+    def start_pass(self, passes):
+        """Pass boundaries of the candidate stream (the authors' per-pass threshold)."""
+        while self.assistant.passes < passes:
+            self.assistant.start_pass()
 
     def stats(self):
         a = self.assistant
