@@ -187,7 +187,8 @@ class Assistant:
     def load_state_dict(self, st):
         if st["n_features"] != self.n_features:
             raise ValueError(f"Assistant state has {st['n_features']} features, the data "
-                             f"has {self.n_features}: the training data changed since the checkpoint")
+                             f"has {self.n_features}: the training data or --assist-features changed "
+                             "since the checkpoint")
         # (states of earlier versions also hold "sentences_seen", no longer kept: ignored)
         for k in ("loss_ema", "steps", "rho", "last_accuracy"):
             setattr(self, k, st[k])

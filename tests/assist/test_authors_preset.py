@@ -291,3 +291,13 @@ def test_the_criterion_reports_the_presets_sentence_loss(tiny_data_bin, tmp_path
     want, _ = sentence_nll(lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1),
                            task.target_dictionary.pad(), sample["target"].size(0), eps)
     torch.testing.assert_close(log[SENTENCE_LOSS], want)
+
+
+def test_bad_mini_steps_is_a_one_line_error(tiny_data_bin, tmp_path):
+    from tests.helpers import assert_one_line_error
+
+    res = run_cli("fairseq_cli.train", train_args(
+        tiny_data_bin, str(tmp_path / "ck"), "--task", "translation_efficiency",
+        "--criterion", "sentence_cross_entropy", "--instance-selection", "autoassist",
+        "--assist-preset", "authors", "--assist-mini-steps", "-1"), check=False)
+    assert_one_line_error(res, "--assist-mini-steps must be >= 0, got -1")
