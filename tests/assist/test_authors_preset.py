@@ -253,17 +253,21 @@ def test_label_smoothed_sentence_loss_is_token_mean_of_fairseqs_loss():
 
 
 # -- fairseq-train -------------------------------------------------------------------------
-def test_fairseq_train_with_the_authors_preset(tiny_data_bin, tmp_path):
+def test_fairseq_train_with_the_authors_preset_and_resume(tiny_data_bin, tmp_path):
     import shutil
 
     d = str(tmp_path / "bin")
     shutil.copytree(tiny_data_bin, d)
     save = str(tmp_path / "ck")
-    res = run_cli("fairseq_cli.train", train_args(
-        d, save, "--task", "translation_efficiency", "--criterion", "sentence_cross_entropy",
-        "--instance-selection", "autoassist", "--assist-preset", "authors", "--max-update", "6",
-        "--assist-queue-size", "4"))
-    log = res.stdout + res.stderr
+
+    def train(*extra):
+        res = run_cli("fairseq_cli.train", train_args(
+            d, save, "--task", "translation_efficiency", "--criterion", "sentence_cross_entropy",
+            "--instance-selection", "autoassist", "--assist-preset", "authors",
+            "--assist-queue-size", "4", "--no-epoch-checkpoints", *extra))
+        return res.stdout + res.stderr
+
+    log = train("--max-epoch", "2")
     assert "--assist-preset authors" in log and "assist_mini_steps=4" in log
     assert any(".assist-tfidf-tf-len." in f for f in os.listdir(d))
     cp = torch.load(os.path.join(save, "checkpoint_last.pt"), map_location="cpu",
@@ -272,8 +276,14 @@ def test_fairseq_train_with_the_authors_preset(tiny_data_bin, tmp_path):
     a = st["ranks"][0]["worker"]["selector"]["assistant"]
     sv, _ = F._dict_size(d, "src")
     tv, _ = F._dict_size(d, "tgt")
-    assert a["n_features"] == 2 * (sv + tv) + 2 and a["fitted"] and "pass_threshold" in a
-    assert int(re.findall(r"num_updates (\d+)", log)[-1]) == 6
+    assert a["n_features"] == 2 * (sv + tv) + 2 and a["fitted"]
+    # the second epoch began a second pass of candidates: T is the first pass's mean loss
+    assert a["passes"] >= 1 and np.isfinite(a["pass_threshold"]) and a["pass_threshold"] > 0
+    saved = Assistant(a["n_features"], threshold="pass-mean")
+    saved.load_state_dict(a)
+    log = train("--max-epoch", "3")
+    assert f"restored worker 0 state, Assistant {saved.fingerprint()}" in log
+    assert "| train | epoch 003" in log
 
 
 @pytest.mark.parametrize("preset,eps", [("paper", 0.0), ("authors", 0.1)])
