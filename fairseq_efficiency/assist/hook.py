@@ -3,7 +3,8 @@
 ``--instance-selection autoassist|self-paced|dynamic-sampling`` makes this hook
 own the training batch iterator (:mod:`.iterator`), feed the policy with the
 Boss's per-sentence losses (token-mean NLL, or label-smoothed with
-``--assist-loss-smoothing``, from ``sentence_cross_entropy``, no extra forward) and log its accounting through ``fairseq.logging.metrics``.
+``--assist-loss-smoothing``, from ``sentence_cross_entropy``, no extra forward)
+and log its accounting through ``fairseq.logging.metrics``.
 
 Data parallel: each worker owns an Assistant over its own shard (a fixed random
 partition of the training set); the number of batches per epoch is agreed
