@@ -308,3 +308,15 @@ def test_bad_mini_steps_is_a_one_line_error(tiny_data_bin, tmp_path):
         "--criterion", "sentence_cross_entropy", "--instance-selection", "autoassist",
         "--assist-preset", "authors", "--assist-mini-steps", "-1"), check=False)
     assert_one_line_error(res, "--assist-mini-steps must be >= 0, got -1")
+
+
+def test_featurize_cli_builds_the_authors_features(tiny_data_bin, tmp_path, capsys):
+    import shutil
+
+    d = str(tmp_path / "bin")
+    shutil.copytree(tiny_data_bin, d)
+    assert F.main([d, "--features", "tfidf-tf-len"]) == 0
+    sv, _ = F._dict_size(d, "src")
+    tv, _ = F._dict_size(d, "tgt")
+    out = capsys.readouterr().out
+    assert ".assist-tfidf-tf-len." in out and f"\t{2 * (sv + tv) + 2} features\t" in out
