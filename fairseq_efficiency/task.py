@@ -113,6 +113,9 @@ class TranslationEfficiencyTask(TranslationTask):
                     f"label_smoothed_cross_entropy), not {type(criterion).__name__}"
                 )
             criterion.report_sentence_loss = True
+            criterion.sentence_loss_smoothing = max(
+                float(getattr(h, "sentence_loss_smoothing", 0.0)) for h in self.hooks
+                if h.needs_sentence_losses)
         return criterion
 
     # -- training loop --------------------------------------------------------------

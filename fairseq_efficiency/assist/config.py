@@ -8,6 +8,10 @@ from fairseq_efficiency.errors import PluginConfigError
 SELECTION_CHOICES = ChoiceEnum(["uniform", "autoassist", "self-paced", "dynamic-sampling",
                                 "competence"])
 DIFFICULTY_CHOICES = ChoiceEnum(["length", "rarity"])
+PRESET_CHOICES = ChoiceEnum(["paper", "authors"])
+THRESHOLD_CHOICES = ChoiceEnum(["ema", "pass-mean"])
+FLOOR_CHOICES = ChoiceEnum(["keep", "b"])
+FEATURE_CHOICES = ChoiceEnum(["tfidf", "tfidf-tf-len"])
 
 
 @dataclass
@@ -44,6 +48,28 @@ class AutoAssistConfig:
         default=4, metadata={"help": "kept instances of this many neighbouring batches of "
                              "fairseq's length-sorted batching are merged and cut into full "
                              "batches"})
+    assist_preset: PRESET_CHOICES = field(
+        default="paper", metadata={"help": "named set of the Assistant options below: paper "
+                                   "(the paper's Algorithm 1, the defaults) or authors (the "
+                                   "authors' code); options given with a non-default value win"})
+    assist_threshold: THRESHOLD_CHOICES = field(
+        default="ema", metadata={"help": "loss threshold T: ema (bias-corrected EMA, eq. 4) or "
+                                 "pass-mean (uncorrected EMA in the first pass, then the mean "
+                                 "loss of the previous pass, fixed for the pass)"})
+    assist_floor_on: FLOOR_CHOICES = field(
+        default="keep", metadata={"help": "where --assist-min-keep floors: keep (the final "
+                                  "probability 1 - rho + rho*g) or b (b = max(min_keep, 1 - rho), "
+                                  "keep = b + (1 - b)*g)"})
+    assist_loss_smoothing: float = field(
+        default=0.0, metadata={"help": "label smoothing of the per-sentence loss the policy "
+                               "learns from (token-mean; 0 = NLL)"})
+    assist_features: FEATURE_CHOICES = field(
+        default="tfidf", metadata={"help": "Assistant features: tfidf, or tfidf-tf-len (plus "
+                                   "term frequencies and source/target lengths / 10)"})
+    assist_mini_steps: int = field(
+        default=0, metadata={"help": "0: per-instance SGD updates; k > 0: each Boss batch is "
+                             "bootstrap-resampled and learned in min(k, ceil(|B|/4)) plain SGD "
+                             "mini-steps of lr/|b| with weight decay --assist-l2"})
     assist_rebuild_features: bool = field(
         default=False, metadata={"help": "rebuild the cached TF-IDF features even if valid"})
     spl_start_quantile: float = field(
@@ -83,6 +109,8 @@ def validate(cfg):
         ("assist_queue_size", lambda v: v >= 2, ">= 2"),
         ("assist_pool_batches", lambda v: v >= 2, ">= 2"),
         ("assist_warmup_epochs", lambda v: v >= 0, ">= 0"),
+        ("assist_loss_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("assist_mini_steps", lambda v: v >= 0, ">= 0"),
         ("spl_start_quantile", lambda v: 0 < v <= 1, "in (0, 1]"),
         ("spl_growth", lambda v: v >= 1, ">= 1"),
         ("ds_sample_rate", lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -13,7 +13,12 @@ peaks at the token ids plus about twice the result (the chunks and their stacked
 copy) plus one chunk's temporaries (``benchmarks/autoassist.py --featurize-only``
 measures the peak, and compares with ``HashingVectorizer`` over token strings).
 
-The matrix is stored as ``{split}.{src}-{tgt}.assist-tfidf.{checksum}.npz`` next
+Kind ``tfidf-tf-len`` (the AutoAssist authors' features) appends, after the
+TF-IDF columns, the term frequencies ``count / length`` of source and target
+(same namespaces, ``|V_src| + |V_tgt|`` more columns) and the two lengths
+(non-special tokens) divided by 10, the authors' scale.
+
+The matrix is stored as ``{split}.{src}-{tgt}.assist-{kind}.{checksum}.npz`` next
 to the data-bin, where ``checksum`` covers the binarized data files, so a
 changed dataset gets new features instead of silently mismatched ones. A JSON
 sidecar (``.npz.json``, written after the matrix) holds the sha256 of the cache
@@ -106,8 +111,35 @@ def _counts(tokens, sizes, nspecial, offset, n_cols, row_lo, row_hi, starts):
     )
 
 
-def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_rows=_CHUNK_ROWS):
-    """TF-IDF matrix (CSR, float32, one L2-normalised row per pair) of a binarized split."""
+KINDS = ("tfidf", "tfidf-tf-len")
+LENGTH_SCALE = 10.0  # the authors' max_sen_len
+
+
+def n_columns(kind, src_vocab, tgt_vocab):
+    """Feature columns of ``kind``: TF-IDF, then (``tfidf-tf-len``) TF and two lengths."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown feature kind {kind!r} (one of {', '.join(KINDS)})")
+    v = src_vocab + tgt_vocab
+    return v if kind == "tfidf" else 2 * v + 2
+
+
+def tf_length_features(counts, src_vocab):
+    """Term frequencies ``count / length`` per side and the side lengths / 10, from the
+    term-count matrix ``counts`` [n, |V_src| + |V_tgt|] (CSR, float32)."""
+    from sklearn.preprocessing import normalize
+
+    s, t = counts[:, :src_vocab], counts[:, src_vocab:]
+    lengths = np.stack([np.asarray(s.sum(1)).ravel(), np.asarray(t.sum(1)).ravel()], axis=1)
+    return sp.hstack([normalize(s, norm="l1"), normalize(t, norm="l1"),
+                      sp.csr_matrix((lengths / LENGTH_SCALE).astype(np.float32))],
+                     format="csr", dtype=np.float32)
+
+
+def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_rows=_CHUNK_ROWS,
+                   kind="tfidf"):
+    """TF-IDF matrix (CSR, float32, one L2-normalised row per pair) of a binarized split
+    (``kind="tfidf-tf-len"``: followed by the TF and length columns)."""
+    n_columns(kind, src_vocab, tgt_vocab)
     from sklearn.feature_extraction.text import TfidfTransformer
 
     s_tok, s_sizes = read_token_ids(prefix + src)
@@ -127,14 +159,17 @@ def build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial=4, chunk_row
         return sp.csr_matrix((0, n_cols), dtype=np.float32)
     x = sp.vstack(chunks, format="csr")
     del chunks
+    extra = tf_length_features(x, src_vocab) if kind == "tfidf-tf-len" else None
     # float32 counts in, float32 TF-IDF out, weighted and normalised in place
     x = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True).fit(x).transform(x, copy=False)
+    if extra is not None:
+        x = sp.hstack([x, extra], format="csr", dtype=np.float32)
     x.indices = x.indices.astype(np.int32, copy=False)
     return x
 
 
-def feature_path(prefix, checksum):
-    return f"{prefix}assist-tfidf.{checksum}.npz"
+def feature_path(prefix, checksum, kind="tfidf"):
+    return f"{prefix}assist-{kind}.{checksum}.npz"
 
 
 def sidecar_path(path):
@@ -281,10 +316,11 @@ def read_features(path, n_rows, n_cols):
     return x
 
 
-def _remove_stale(prefix, path):
-    """Caches (and sidecars) of this split for other data checksums: written by this module."""
+def _remove_stale(prefix, path, kind="tfidf"):
+    """Caches (and sidecars) of this split and kind for other data checksums: written by
+    this module."""
     own = os.path.basename(path)
-    for stale in glob.glob(f"{prefix}assist-tfidf.*"):
+    for stale in glob.glob(f"{glob.escape(prefix)}assist-{kind}.*"):
         name = os.path.basename(stale)
         if name.startswith(own):  # this cache, its sidecar, another process' temporary file
             continue
@@ -292,7 +328,8 @@ def _remove_stale(prefix, path):
             os.remove(stale)
 
 
-def load_or_build(data_dir, split, src, tgt, src_vocab, tgt_vocab, nspecial=4, rebuild=False):
+def load_or_build(data_dir, split, src, tgt, src_vocab, tgt_vocab, nspecial=4, rebuild=False,
+                  kind="tfidf"):
     """Features of ``split``: loaded from the cache when the data checksum matches and the
     cache verifies, else built (a corrupted cache is rebuilt with a warning naming it).
 
@@ -300,15 +337,16 @@ def load_or_build(data_dir, split, src, tgt, src_vocab, tgt_vocab, nspecial=4, r
     """
     prefix = split_prefix(data_dir, split, src, tgt)
     checksum = data_checksum(prefix, src, tgt)
-    path = feature_path(prefix, checksum)
+    path = feature_path(prefix, checksum, kind)
     if os.path.isfile(path) and not rebuild:
         try:
-            return read_features(path, num_pairs(prefix, src, tgt), src_vocab + tgt_vocab), path
+            return read_features(path, num_pairs(prefix, src, tgt),
+                                 n_columns(kind, src_vocab, tgt_vocab)), path
         except CorruptCache as e:
             logger.warning("AutoAssist feature cache %s is unusable: %s; rebuilding it", path, e)
-    logger.info("building AutoAssist TF-IDF features for %s", prefix)
-    x = build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial)
-    _remove_stale(prefix, path)
+    logger.info("building AutoAssist %s features for %s", kind, prefix)
+    x = build_features(prefix, src, tgt, src_vocab, tgt_vocab, nspecial, kind=kind)
+    _remove_stale(prefix, path, kind)
     try:
         save_features(path, x)
     except OSError as e:  # read-only data directory: keep the features in memory
@@ -346,6 +384,8 @@ def main(argv=None):
     parser.add_argument("-t", "--target-lang", default=None, help="target language (inferred)")
     parser.add_argument("--split", default="train", help="split to featurize (default: train)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even if the cache is valid")
+    parser.add_argument("--features", choices=KINDS, default="tfidf",
+                        help="feature kind (as --assist-features; default: tfidf)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -354,7 +394,8 @@ def main(argv=None):
             src, tgt = _infer_langs(args.data_bin, args.split)
         sv, nspecial = _dict_size(args.data_bin, src)
         tv, _ = _dict_size(args.data_bin, tgt)
-        x, path = load_or_build(args.data_bin, args.split, src, tgt, sv, tv, nspecial, args.rebuild)
+        x, path = load_or_build(args.data_bin, args.split, src, tgt, sv, tv, nspecial, args.rebuild,
+                                kind=args.features)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"fairseq-efficiency-featurize: error: {e}\n")
     print(f"{path}\t{x.shape[0]} pairs\t{x.shape[1]} features\t{x.nnz} non-zeros")

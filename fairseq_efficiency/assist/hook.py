@@ -2,9 +2,10 @@
 
 ``--instance-selection autoassist|self-paced|dynamic-sampling|competence`` makes
 this hook own the training batch iterator (:mod:`.iterator`), feed the policy with
-the Boss's per-sentence losses (token-mean NLL from ``sentence_cross_entropy``,
-no extra forward; ``competence`` needs only the update number) and log its
-accounting through ``fairseq.logging.metrics``.
+the Boss's per-sentence losses (token-mean NLL, or label-smoothed with
+``--assist-loss-smoothing``, from ``sentence_cross_entropy``, no extra forward;
+``competence`` needs only the update number) and log its accounting through
+``fairseq.logging.metrics``.
 
 Data parallel: each worker owns an Assistant over its own shard (a fixed random
 partition of the training set); the number of batches per epoch is agreed
@@ -21,6 +22,7 @@ import numpy as np
 from fairseq import utils
 
 from fairseq_efficiency.assist import config as aa_config
+from fairseq_efficiency.assist import presets
 from fairseq_efficiency.assist.assistant import Assistant
 from fairseq_efficiency.assist.iterator import ShrinkingEpochBatchIterator
 from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamplingSelector,
@@ -67,6 +69,8 @@ class InstanceSelectionHook(EfficiencyHook):
         self._pending_state = None
         self._in_valid = False
         self.restored_from = None  # fingerprint of the Assistant this run resumed from
+        # label smoothing of the per-sentence losses the criterion reports to this hook
+        self.sentence_loss_smoothing = float(getattr(cfg, "assist_loss_smoothing", 0.0))
 
     # -- building -----------------------------------------------------------------------
     def _split_name(self, task, dataset):
@@ -106,14 +110,18 @@ class InstanceSelectionHook(EfficiencyHook):
             x, path = load_or_build(data_dir, self._split_name(task, dataset),
                                     task.cfg.source_lang, task.cfg.target_lang,
                                     len(task.src_dict), len(task.tgt_dict),
-                                    task.src_dict.nspecial, cfg.assist_rebuild_features)
+                                    task.src_dict.nspecial, cfg.assist_rebuild_features,
+                                    kind=str(cfg.assist_features))
             if x.shape[0] != n:
                 raise PluginConfigError(f"features {path} have {x.shape[0]} rows but the training set "
                                  f"has {n} pairs (sharded data directories are not supported)")
             assistant = Assistant(x.shape[1], lr=cfg.assist_lr, l2=cfg.assist_l2,
                                   threshold_decay=cfg.assist_threshold_decay,
                                   confidence_decay=cfg.assist_confidence_decay,
-                                  min_keep=cfg.assist_min_keep, seed=seed + self.rank)
+                                  min_keep=cfg.assist_min_keep, seed=seed + self.rank,
+                                  threshold=str(cfg.assist_threshold),
+                                  floor_on=str(cfg.assist_floor_on),
+                                  mini_steps=cfg.assist_mini_steps)
             selector = AutoAssistSelector(x, assistant, cfg.assist_warmup_epochs)
         elif self.selection == "competence":
             from fairseq_efficiency.assist import competence
@@ -282,6 +290,7 @@ class InstanceSelectionHook(EfficiencyHook):
 def build(cfg):
     if not hasattr(cfg, "instance_selection"):
         return None
+    cfg = presets.resolve(cfg)  # --assist-preset (a view; options given explicitly win)
     selection = aa_config.validate(cfg)
     if selection == "uniform":
         return None

@@ -8,6 +8,7 @@ the same candidate stream, the same batching (:mod:`.bucketing`) and the same bu
 * :meth:`start_epoch(epoch)` -- per-epoch bookkeeping (curricula that change per epoch);
 * :meth:`set_update(update_num)` -- the Boss's update number (curricula over updates,
   :mod:`.competence`).
+* :meth:`start_pass(passes)` -- the candidate stream began pass ``passes + 1`` over the shard.
 
 Policies:
 
@@ -48,6 +49,9 @@ class Selector:
     def set_update(self, update_num):
         pass
 
+    def start_pass(self, passes):
+        pass
+
     def stats(self):
         return {}
 
@@ -77,6 +81,11 @@ class AutoAssistSelector(Selector):
 
     def observe(self, ids, losses):
         self.assistant.update(self.features[ids], losses)
+
+    def start_pass(self, passes):
+        """Pass boundaries of the candidate stream (the authors' per-pass threshold)."""
+        while self.assistant.passes < passes:
+            self.assistant.start_pass()
 
     def stats(self):
         a = self.assistant

@@ -204,6 +204,7 @@ class AssistWorker:
         batches the pool yields, or ``[]`` while it is filling (at most one pass of the
         shard per refill, see the module docstring)."""
         cand = self.stream.take(self.chunk)
+        self.selector.start_pass(self.stream.passes)
         p = np.asarray(self.selector.keep_prob(cand), dtype=np.float64)
         kept = cand[self.rng.random(len(cand)) < p]
         cand_tok, kept_tok = int(self.ntokens[cand].sum()), int(self.ntokens[kept].sum())

@@ -10,6 +10,10 @@ Normalisation (documented contract of ``StepOutput.sentence_loss``): the
 and excluding padding, i.e. ``-1/|y| * sum_t log p(y_t | y_<t, x)``. Token-mean
 makes losses of short and long sentences comparable, which is what a
 threshold ``loss_i > T`` needs (AutoAssist, section 3.2).
+With ``sentence_loss_smoothing = eps > 0`` (set by the task from
+``--assist-loss-smoothing``) it is instead the token-mean *label-smoothed* loss,
+fairseq's ``label_smoothed_nll_loss`` per token summed over the reference and
+divided by its length -- the AutoAssist authors' per-sentence signal (eps = 0.1).
 
 The reduced loss, sample size and logging outputs are exactly those of
 fairseq's ``label_smoothed_cross_entropy`` (bitwise: the same tensors are
@@ -52,6 +56,7 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
                  report_accuracy=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.report_sentence_loss = False
+        self.sentence_loss_smoothing = 0.0  # eps of the per-sentence loss (0: NLL)
 
     def forward(self, model, sample, reduce=True):
         # score() is fairseq's forward on ``net_output`` (+ the per-sentence losses when asked)
@@ -78,16 +83,21 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["total"] = utils.item(total.data)
         if self.report_sentence_loss:
             sent_loss, sent_ntok = sentence_nll(lprobs.detach(), target, self.padding_idx,
-                                                sample["target"].size(0))
+                                                sample["target"].size(0),
+                                                self.sentence_loss_smoothing)
             logging_output[SENTENCE_LOSS] = sent_loss
             logging_output[SENTENCE_NTOKENS] = sent_ntok
         return loss, sample_size, logging_output
 
 
-def sentence_nll(lprobs, target, padding_idx, bsz):
-    """Token-mean NLL per sentence from flattened ``lprobs`` [B*T, V] and ``target`` [B*T]."""
+def sentence_nll(lprobs, target, padding_idx, bsz, epsilon=0.0):
+    """Token-mean NLL per sentence from flattened ``lprobs`` [B*T, V] and ``target`` [B*T]
+    (``epsilon > 0``: token-mean label-smoothed loss, as fairseq's ``label_smoothed_nll_loss``)."""
     with torch.no_grad():
         tok = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).float()
+        if epsilon > 0:  # label_smoothed_nll_loss's per-token loss, summed in float32
+            eps_i = epsilon / (lprobs.size(-1) - 1)
+            tok = (1.0 - epsilon - eps_i) * tok - eps_i * lprobs.sum(-1, dtype=torch.float32)
         mask = target.ne(padding_idx)
         tok = tok.masked_fill(~mask, 0.0).view(bsz, -1)
         ntok = mask.view(bsz, -1).sum(1)
