@@ -3,7 +3,7 @@
 Generates and binarizes a small-lexicon preset of the embedded corpus, trains a
 baseline LSTM with ``fairseq-train`` on CPU, translates the test set with
 ``fairseq-generate`` and prints one results table. Each technique adds its own
-row (registered with :func:`register_demo_row`); all rows share the data,
+row (registered with :func:`register_demo_row` in :mod:`.demo_rows`); all rows share the data,
 model size, optimizer and batch limits of the baseline, so the table compares
 like with like.
 
@@ -14,11 +14,9 @@ already-tokenized text, ``tokenize="none"``), ``train s`` the wall time of the
 (forward + backward), summed over epochs from fairseq's own ``wpb`` x updates.
 """
 import argparse
-import importlib
 import json
 import logging
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -206,16 +204,8 @@ def baseline_row(ctx: DemoContext):
 
 
 def _discover_rows():
-    """Import ``fairseq_efficiency.<feature>.demo_row`` modules, which register rows."""
-    import fairseq_efficiency
-
-    for mod in pkgutil.iter_modules(fairseq_efficiency.__path__):
-        if mod.ispkg:
-            try:
-                importlib.import_module(f"fairseq_efficiency.{mod.name}.demo_row")
-            except ModuleNotFoundError as e:
-                if e.name != f"fairseq_efficiency.{mod.name}.demo_row":
-                    raise
+    """Register the technique rows (:mod:`.demo_rows`)."""
+    from fairseq_efficiency.cli import demo_rows  # noqa: F401  (registers the rows)
 
 
 def format_table(rows):

@@ -33,3 +33,9 @@ def test_parse_train_log_sums_tokens_over_epochs():
         '2026 | INFO | valid | {"epoch": 2, "valid_loss": "4.25"}',
     ])
     assert demo.parse_train_log(log) == (1005 + 1000, 4.25)
+
+
+def test_every_technique_has_a_row():
+    demo._discover_rows()
+    assert {"baseline", "autoassist", "meProp", "meSimp", "pruning",
+            "hybrid_lstm_2ranks"} <= set(demo._ROWS)
