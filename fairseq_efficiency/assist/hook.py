@@ -26,7 +26,6 @@ from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamp
                                                  SelfPacedSelector)
 from fairseq_efficiency.assist.worker import AssistWorker, CandidateStream, RefillBatcher
 from fairseq_efficiency.errors import PluginConfigError
-from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 
 logger = logging.getLogger(__name__)
@@ -260,7 +259,6 @@ class InstanceSelectionHook(EfficiencyHook):
             self.worker.close()
 
 
-@register_hook_factory
 def build(cfg):
     if not hasattr(cfg, "instance_selection"):
         return None

@@ -10,7 +10,7 @@ Learning: A Minimal Effort Back Propagation Method" (sections 2.1-2.3, 3.3).
 from fairseq_efficiency.meprop.topk import MODES, TopKLinear, TopKStats, check_k, check_mode, parse_k, resolve_k
 from fairseq_efficiency.meprop.lstm import MePropLSTM, MePropLSTMCell
 from fairseq_efficiency.meprop.mesimp import MeSimp, PruneGroup, linear_group, lstm_cell_group
-from fairseq_efficiency.meprop import hook  # noqa: E402,F401  (registers the meSimp hook)
+from fairseq_efficiency.meprop import hook  # noqa: E402,F401  (the meSimp hook of techniques.TECHNIQUES)
 
 __all__ = ["MODES", "TopKLinear", "TopKStats", "check_k", "check_mode", "parse_k", "resolve_k",
            "MePropLSTM", "MePropLSTMCell", "MeSimp", "PruneGroup", "linear_group", "lstm_cell_group"]

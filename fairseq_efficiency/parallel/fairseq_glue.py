@@ -22,7 +22,6 @@ from fairseq_efficiency.criterions.sentence_cross_entropy import (
     SentenceCrossEntropyConfig, SentenceCrossEntropyCriterion,
 )
 from fairseq_efficiency.errors import PluginConfigError
-from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.parallel.pipeline import WavefrontPipeline
 
@@ -111,7 +110,6 @@ class PipelineGroupShards(EfficiencyHook):
         return num_shards // self.stages, shard_id // self.stages
 
 
-@register_hook_factory
 def build(cfg):
     balance = getattr(cfg, "pipeline_encoder_balance", None)
     if balance is None or getattr(cfg, "pipeline_model_parallel", False):

@@ -167,7 +167,7 @@ def test_train_flags_validated_up_front(tiny_data_bin):
     from fairseq import options
 
     from fairseq_efficiency.cli.userdir import userdir
-    from fairseq_efficiency.features import build_hooks
+    from fairseq_efficiency.techniques import build_hooks
 
     def parse(*extra):
         parser = options.get_training_parser()
