@@ -23,7 +23,7 @@ from fairseq_efficiency.assist.config import AutoAssistConfig
 from fairseq_efficiency.errors import user_errors
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.meprop import hook as mesimp_hook
-from fairseq_efficiency.parallel import fairseq_glue as hybrid_parallel
+from fairseq_efficiency.parallel import hook as hybrid_parallel
 from fairseq_efficiency.pruning import hook as pruning_hook
 
 

@@ -10,8 +10,11 @@ Plain PyTorch core (usable without fairseq):
 * :mod:`.spawn` - helpers to run a function on N local gloo ranks (ports and
   parent-death signals in :mod:`.procs`, shared with ``fairseq-efficiency-launch``).
 
-fairseq edge: model ``hybrid_lstm`` (:mod:`fairseq_efficiency.models.hybrid_lstm`),
-criterion ``hybrid_cross_entropy`` and the batch-sharding hook (:mod:`.fairseq_glue`).
+fairseq edge: model ``hybrid_lstm`` (:mod:`.hybrid_lstm`), criterion
+``hybrid_cross_entropy`` (:mod:`.hybrid_cross_entropy`) and the batch-sharding
+hook (:mod:`.hook`).
 """
 
-from fairseq_efficiency.parallel import fairseq_glue  # noqa: E402,F401  (registration)
+from fairseq_efficiency.parallel import hook  # noqa: E402,F401  (the hook of techniques.TECHNIQUES)
+from fairseq_efficiency.parallel import hybrid_lstm  # noqa: E402,F401  (registration)
+from fairseq_efficiency.parallel import hybrid_cross_entropy  # noqa: E402,F401  (registration)
