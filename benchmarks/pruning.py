@@ -37,7 +37,7 @@ from fairseq_efficiency.data.synthetic import CorpusConfig
 from fairseq_efficiency.pruning.checkpoint import (build_from_checkpoint, prune_checkpoint,
                                                    trained_updates)
 from fairseq_efficiency.pruning.retrain import PAPER_FRACTION
-from fairseq_efficiency.pruning.evaluate import bleu, perplexity
+from fairseq_efficiency.evaluate import bleu, perplexity
 from fairseq_efficiency.pruning.export import export_state, saved_size
 from fairseq_efficiency.pruning.schemes import SCHEMES
 

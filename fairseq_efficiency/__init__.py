@@ -10,7 +10,7 @@ from fairseq_efficiency import compat
 
 compat.install()
 
-from fairseq_efficiency import criterions, models, task  # noqa: E402,F401  (registration)
+from fairseq_efficiency import criterions, task  # noqa: E402,F401  (registration)
 from fairseq_efficiency import assist  # noqa: E402,F401  (registration)
 from fairseq_efficiency import meprop  # noqa: E402,F401  (registration)
 from fairseq_efficiency import pruning  # noqa: E402,F401  (registration)

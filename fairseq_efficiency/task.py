@@ -1,17 +1,18 @@
 """``translation_efficiency``: fairseq's translation task + composable efficiency hooks.
 
 With no feature switched on this task is ``translation`` loss for loss (tested
-in ``tests/test_task.py``). Each technique adds fields to
-:class:`TranslationEfficiencyConfig` (through its own config mixin) and an
-:class:`~fairseq_efficiency.hooks.EfficiencyHook` built from them; see
-:mod:`fairseq_efficiency.hooks` for the call protocol.
+in ``tests/test_task.py``). Each technique of the table in
+:mod:`fairseq_efficiency.techniques` adds its config's fields to
+:class:`TranslationEfficiencyConfig` and an
+:class:`~fairseq_efficiency.hooks.EfficiencyHook` built from them, in table order;
+see :mod:`fairseq_efficiency.hooks` for the call protocol.
 
 Checkpoints: the hooks' state goes into the checkpoint's ``extra_state``
 (layout: :mod:`fairseq_efficiency.checkpoint_state`) through fairseq's own
 ``get_checkpoint_dict``/``set_checkpoint_dict`` task API, so resuming with
 ``fairseq-train`` restores it and plain fairseq tools ignore it. fairseq skips
-that state with ``--reset-dataloader``; the state of techniques registered with
-``restores=`` (pruning masks) must outlive every ``--reset-*`` flag, so the task
+that state with ``--reset-dataloader``; the state of techniques marked
+``restores`` (pruning masks) must outlive every ``--reset-*`` flag, so the task
 then reads it from the restore file itself before the first epoch.
 """
 import atexit
@@ -26,20 +27,17 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
 from fairseq_efficiency.errors import PluginConfigError, user_errors
-from fairseq_efficiency.features import build_hooks, build_restoring_hooks, restorable_hooks
 from fairseq_efficiency.hooks import HookList, StepOutput
-from fairseq_efficiency.assist.config import AutoAssistConfig
-from fairseq_efficiency.meprop.hook import MeSimpConfig
-from fairseq_efficiency.pruning.hook import PruningConfig
-from fairseq_efficiency.parallel.fairseq_glue import HybridParallelConfig
+from fairseq_efficiency.techniques import (build_hooks, build_restoring_hooks, config_classes,
+                                           restorable_hooks)
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class TranslationEfficiencyConfig(TranslationConfig, AutoAssistConfig, MeSimpConfig, PruningConfig,
-                                 HybridParallelConfig):
-    """TranslationConfig plus the options of every efficiency technique."""
+#: TranslationConfig plus the options of every technique of :mod:`fairseq_efficiency.techniques`
+TranslationEfficiencyConfig = dataclass(type("TranslationEfficiencyConfig", (
+    TranslationConfig, *config_classes()), {
+        "__module__": __name__,
+        "__doc__": "TranslationConfig plus the options of every efficiency technique."}))
 
 
 @register_task("translation_efficiency", dataclass=TranslationEfficiencyConfig)
@@ -186,7 +184,7 @@ class TranslationEfficiencyTask(TranslationTask):
         self.hooks.load_state_dict(states)
 
     def _restore_kept_state(self):
-        """State that outlives every ``--reset-*`` flag (``restores=``), read from the restore
+        """State that outlives every ``--reset-*`` flag (``restores``), read from the restore
         file when fairseq skipped the task state (``--reset-dataloader``)."""
         path = self.restore_path
         if self._state_restored or not path or not os.path.isfile(path):

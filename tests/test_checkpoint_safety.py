@@ -125,7 +125,7 @@ def test_fairseq_eval_is_literal_only(hostile, tmp_path):
 
 def test_plugin_list_options_are_literals(tiny_data_bin):
     from fairseq_efficiency.compat import literal_list
-    from fairseq_efficiency.parallel.fairseq_glue import build
+    from fairseq_efficiency.parallel.hook import build
     from tests.parallel.test_fairseq_model import _cfg
 
     assert literal_list("[1, 1]", "--x") == [1, 1] and literal_list("2", "--x") == [2]

@@ -12,4 +12,4 @@ Pieces, each usable without fairseq: :mod:`.features` (TF-IDF),
 :mod:`.hook` is the fairseq adapter.
 """
 from fairseq_efficiency.assist.config import AutoAssistConfig  # noqa: F401
-from fairseq_efficiency.assist import hook  # noqa: F401  (registers the hook factory)
+from fairseq_efficiency.assist import hook  # noqa: F401  (the hook of techniques.TECHNIQUES)

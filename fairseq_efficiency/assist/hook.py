@@ -30,7 +30,6 @@ from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamp
 from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
 from fairseq_efficiency.assist.worker import AssistWorker
 from fairseq_efficiency.errors import PluginConfigError
-from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 
 logger = logging.getLogger(__name__)
@@ -286,7 +285,6 @@ class InstanceSelectionHook(EfficiencyHook):
             self.worker.close()
 
 
-@register_hook_factory
 def build(cfg):
     if not hasattr(cfg, "instance_selection"):
         return None

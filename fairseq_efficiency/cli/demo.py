@@ -3,7 +3,7 @@
 Generates and binarizes a small-lexicon preset of the embedded corpus, trains a
 baseline LSTM with ``fairseq-train`` on CPU, translates the test set with
 ``fairseq-generate`` and prints one results table. Each technique adds its own
-row (registered with :func:`register_demo_row`); all rows share the data,
+row (registered with :func:`register_demo_row` in :mod:`.demo_rows`); all rows share the data,
 model size, optimizer and batch limits of the baseline, so the table compares
 like with like.
 
@@ -14,11 +14,9 @@ already-tokenized text, ``tokenize="none"``), ``train s`` the wall time of the
 (forward + backward), summed over epochs from fairseq's own ``wpb`` x updates.
 """
 import argparse
-import importlib
 import json
 import logging
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from typing import Callable, Dict, List, Optional
 from fairseq_efficiency.cli.launch import launch
 from fairseq_efficiency.cli.userdir import userdir
 from fairseq_efficiency.data.synthetic import CorpusConfig
+from fairseq_efficiency.evaluate import corpus_bleu
 
 # A smaller lexicon than the generator's default keeps the softmax cheap on CPU
 # while keeping the Zipfian/agreement/reordering structure.
@@ -117,7 +116,7 @@ class DemoContext:
         if rc != 0:
             raise RuntimeError(f"demo row {name}: fairseq-train failed (exit {rc}); see {log_path}:\n"
                                + "\n".join(text.splitlines()[-15:]))
-        tokens, valid_loss, train_stats = _parse_train_log(text)
+        tokens, valid_loss, train_stats = parse_train_log(text)
         res = TrainResult(name, save_dir, os.path.join(save_dir, "checkpoint_last.pt"), wall,
                           tokens, valid_loss, log_path, train_stats)
         self.results[name] = res
@@ -145,7 +144,9 @@ def iter_log_stats(text):
             yield m.group(1), json.loads(m.group(2))
 
 
-def _parse_train_log(text):
+def parse_train_log(text):
+    """(target tokens trained on, last validation loss, last end-of-epoch train stats) from a
+    ``--log-format json`` log."""
     tokens, prev_updates, valid_loss, last_train = 0, 0, None, {}
     for kind, stats in iter_log_stats(text):
         if kind == "train":
@@ -158,15 +159,8 @@ def _parse_train_log(text):
     return tokens, valid_loss, last_train
 
 
-def parse_train_log(text):
-    """(target tokens trained on, last validation loss) from a ``--log-format json`` log."""
-    return _parse_train_log(text)[:2]
-
-
 def generate_bleu(data_bin, checkpoint, threads=2, extra_args=(), log_path=None, beam=4):
-    """sacrebleu BLEU of ``fairseq-generate`` on the test split."""
-    import sacrebleu
-
+    """:func:`~fairseq_efficiency.evaluate.corpus_bleu` of ``fairseq-generate`` on the test split."""
     cmd = [sys.executable, "-m", "fairseq_cli.generate", data_bin, "--user-dir", userdir(),
            "--path", checkpoint, "--cpu", "--gen-subset", "test", "--beam", str(beam),
            "--batch-size", "128", "--num-workers", "0",
@@ -181,8 +175,7 @@ def generate_bleu(data_bin, checkpoint, threads=2, extra_args=(), log_path=None,
     if res.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed on {checkpoint}:\n" + res.stderr[-2000:])
     hyps, refs = parse_generate_output(res.stdout)
-    logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the text is tokenized on purpose
-    return round(sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score, 2)
+    return round(corpus_bleu(hyps, refs), 2)
 
 
 def parse_generate_output(stdout):
@@ -206,16 +199,8 @@ def baseline_row(ctx: DemoContext):
 
 
 def _discover_rows():
-    """Import ``fairseq_efficiency.<feature>.demo_row`` modules, which register rows."""
-    import fairseq_efficiency
-
-    for mod in pkgutil.iter_modules(fairseq_efficiency.__path__):
-        if mod.ispkg:
-            try:
-                importlib.import_module(f"fairseq_efficiency.{mod.name}.demo_row")
-            except ModuleNotFoundError as e:
-                if e.name != f"fairseq_efficiency.{mod.name}.demo_row":
-                    raise
+    """Register the technique rows (:mod:`.demo_rows`)."""
+    from fairseq_efficiency.cli import demo_rows  # noqa: F401  (registers the rows)
 
 
 def format_table(rows):

@@ -29,11 +29,12 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+
+from fairseq_efficiency.parallel.procs import free_port, parent_death_signal, prctl
 
 _MODULES = {
     "fairseq-train": "fairseq_cli.train",
@@ -43,37 +44,6 @@ _MODULES = {
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_libc = None
-
-
-def _prctl():
-    """libc's ``prctl`` (loaded once, in the parent: nothing is loaded after a fork)."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.prctl
-
-
-def parent_death_signal(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
-    """Have Linux send ``sig`` to this process when its parent ``parent_pid`` dies
-    (``prctl(PR_SET_PDEATHSIG)``, kept across ``exec``); if the parent is already gone,
-    send it now. Returns False (and does nothing) on other systems."""
-    if not sys.platform.startswith("linux"):
-        return False
-    if _prctl()(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        return False
-    if os.getppid() != parent_pid:  # the parent died before the prctl
-        os.kill(os.getpid(), sig)
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _has(argv, flag):
@@ -145,7 +115,7 @@ class _Ranks:
     def start(self, cmd, **kwargs):
         if os.name == "posix":
             if sys.platform.startswith("linux"):
-                _prctl()
+                prctl()
             kwargs["preexec_fn"] = _rank_preexec(self.pgid or 0, os.getpid())
         p = subprocess.Popen(cmd, **kwargs)
         self.procs.append(p)

@@ -21,7 +21,6 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
 from fairseq_efficiency.errors import PluginConfigError
-from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.meprop.mesimp import MeSimp, reset_optimizer_state
 
@@ -128,7 +127,6 @@ class MeSimpHook(EfficiencyHook):
                 self._pending_state = state["mesimp"]
 
 
-@register_hook_factory
 def build(cfg):
     interval = getattr(cfg, "mesimp_interval", 0)
     return MeSimpHook(cfg) if interval != 0 else None

@@ -7,10 +7,14 @@ Plain PyTorch core (usable without fairseq):
   head (eq. 1-6); ``input_feeding=True`` gives HybridNMT-IF.
 * :mod:`.pipeline` - :class:`WavefrontPipeline` (one process per device over
   ``torch.distributed``) and :class:`DevicePipeline` (one process, several devices).
-* :mod:`.spawn` - helpers to run a function on N local gloo ranks.
+* :mod:`.spawn` - helpers to run a function on N local gloo ranks (ports and
+  parent-death signals in :mod:`.procs`, shared with ``fairseq-efficiency-launch``).
 
-fairseq edge: model ``hybrid_lstm`` (:mod:`fairseq_efficiency.models.hybrid_lstm`),
-criterion ``hybrid_cross_entropy`` and the batch-sharding hook (:mod:`.fairseq_glue`).
+fairseq edge: model ``hybrid_lstm`` (:mod:`.hybrid_lstm`), criterion
+``hybrid_cross_entropy`` (:mod:`.hybrid_cross_entropy`) and the batch-sharding
+hook (:mod:`.hook`).
 """
 
-from fairseq_efficiency.parallel import fairseq_glue  # noqa: E402,F401  (registration)
+from fairseq_efficiency.parallel import hook  # noqa: E402,F401  (the hook of techniques.TECHNIQUES)
+from fairseq_efficiency.parallel import hybrid_lstm  # noqa: E402,F401  (registration)
+from fairseq_efficiency.parallel import hybrid_cross_entropy  # noqa: E402,F401  (registration)

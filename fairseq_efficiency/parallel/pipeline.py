@@ -157,15 +157,6 @@ class WavefrontPipeline:
     def is_last(self):
         return self.stage == self.num_stages - 1
 
-    def owned_parameters(self):
-        """Parameters this rank updates from its own computation (besides its head share)."""
-        lo, hi = self.layer_range
-        mods = [self.encoder.layers[i] for i in range(lo, hi)]
-        mods += [self.decoder.layers[i] for i in range(lo, hi)]
-        if self.stage == 0:
-            mods += [self.encoder.embed_tokens, self.decoder.embed_tokens]
-        return [p for m in mods for p in m.parameters()]
-
     def share(self, batch: int):
         """``(lo, hi)``: the batch rows whose attention/softmax this rank computes."""
         return batch_bounds(batch, self.num_stages)[self.stage]

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fairseq_efficiency.cli.launch import free_port, parent_death_signal
+from fairseq_efficiency.parallel.procs import free_port, parent_death_signal
 
 
 def _worker(rank, world, port, threads, fn, args, queue, parent_pid):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fairseq_efficiency.pruning.classes import find_weight_classes
-from fairseq_efficiency.pruning.evaluate import perplexity
+from fairseq_efficiency.evaluate import perplexity
 from fairseq_efficiency.pruning.schemes import PAPER_SCHEMES, compute_masks
 
 GATES = ("i", "f", "h_hat", "o")  # torch's row blocks i, f, g, o

@@ -135,8 +135,3 @@ def _aliases(model: nn.Module) -> Dict[str, List[str]]:
         out.setdefault(key, []).append(n)
     return out
 
-
-def tied_names(model: nn.Module) -> Dict[str, List[str]]:
-    """Parameters reachable under several names: first name -> the other names."""
-    return {k: v[1:] for k, v in _aliases(model).items() if len(v) > 1}
-

@@ -8,7 +8,7 @@ Zhu & Gupta 2017); ``--prune-retrain-fraction F`` then retrains with the paper's
 learning-rate recipe (:mod:`.retrain`). Masks are saved in the checkpoint (task extra state) and
 restored on resume; a checkpoint written by ``fairseq-efficiency-prune`` brings
 its masks along in the same way: the hook is then built from the checkpoint even
-without pruning flags (``register_hook_factory(restores=...)``), whatever
+without pruning flags (``restores`` in :mod:`fairseq_efficiency.techniques`), whatever
 ``--reset-*`` flags are given. Only ``--prune-drop-masks`` drops them.
 """
 import logging
@@ -22,7 +22,6 @@ from fairseq.logging import metrics
 
 from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.errors import PluginConfigError
-from fairseq_efficiency.features import register_hook_factory
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.pruning.classes import find_weight_classes, split_patterns
 from fairseq_efficiency.pruning.masks import MaskSet, unwrap_model
@@ -291,7 +290,6 @@ def load_masks(path) -> MaskSet:
     return MaskSet.from_state_dict(hs["masks"])
 
 
-@register_hook_factory(restores=PruningHook.name)
 def build(cfg, restoring=False):
     """On with ``--prune-ratio > 0`` or ``--prune-masks-from``; also built when a restored
     checkpoint carries masks, so that retraining a pruned model keeps its sparsity."""

@@ -73,7 +73,6 @@ class PruneResult:
 
     masks: "OrderedDict[str, torch.Tensor]"
     thresholds: Dict[str, float] = field(default_factory=dict)  # |w| threshold per class
-    lam: Optional[float] = None  # class-distribution's λ
     capped: Tuple[str, ...] = ()  # classes held at max_class_ratio
 
 
@@ -207,9 +206,6 @@ def compute_masks(classes: Classes, scheme: str, ratio: float,
                 res.thresholds[c] = float(cut.max()) if cut.numel() else 0.0
             else:
                 res.thresholds[c] = max(thr[c], 0.0) * sigma[c]
-        if scheme == "class-distribution":
-            free = [t for c, t in thr.items() if c not in res.capped]
-            res.lam = max(free[0], 0.0) if free else None
         if caps is not None and sum(caps.values()) < k:
             logger.warning("--prune-max-class-ratio %.4f: the classes can give only %d of the "
                            "%d weights to prune (rounding); pruned %.4f instead of %.4f",

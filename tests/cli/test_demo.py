@@ -32,4 +32,11 @@ def test_parse_train_log_sums_tokens_over_epochs():
         '2026 | INFO | train | {"epoch": 2, "train_wpb": "200", "train_num_updates": "15"}',
         '2026 | INFO | valid | {"epoch": 2, "valid_loss": "4.25"}',
     ])
-    assert demo.parse_train_log(log) == (1005 + 1000, 4.25)
+    tokens, valid_loss, last_train = demo.parse_train_log(log)
+    assert (tokens, valid_loss) == (1005 + 1000, 4.25) and last_train["epoch"] == 2
+
+
+def test_every_technique_has_a_row():
+    demo._discover_rows()
+    assert {"baseline", "autoassist", "meProp", "meSimp", "pruning",
+            "hybrid_lstm_2ranks"} <= set(demo._ROWS)

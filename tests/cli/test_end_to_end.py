@@ -25,7 +25,7 @@ def test_train_then_generate_and_interactive(tiny_data_bin, tmp_path):
         "--criterion", "sentence_cross_entropy", "--max-epoch", "2", "--log-format", "json"))
     ckpt = save / "checkpoint_last.pt"
     assert ckpt.exists()
-    tokens, valid_loss = parse_train_log(res.stdout)
+    tokens, valid_loss, _ = parse_train_log(res.stdout)
     assert valid_loss is not None and valid_loss > 0
     expected = 2 * target_tokens(tiny_data_bin)  # every target token, twice
     assert abs(tokens - expected) <= 0.01 * expected

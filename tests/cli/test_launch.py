@@ -90,12 +90,10 @@ def _start_launcher(tmp_path, rank_code=SLEEPER):
 
     env = cli_env()
     env["PID_DIR"] = str(tmp_path)
-    import fairseq_efficiency.cli.launch as launcher
-
-    # the module's file as a script: same code as the console script, without the
-    # seconds that importing the plugin (torch, fairseq) costs
+    # the same code as the console script
     proc = subprocess.Popen(
-        [sys.executable, launcher.__file__, "--nproc", "2", "--", sys.executable, "-c", rank_code],
+        [sys.executable, "-m", "fairseq_efficiency.cli.launch", "--nproc", "2", "--",
+         sys.executable, "-c", rank_code],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
     assert wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \

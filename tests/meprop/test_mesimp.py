@@ -120,7 +120,7 @@ def test_mesimp_rejects_bad_settings():
 
 
 def _tiny_lstm_model(alternate=True, **over):
-    from fairseq_efficiency.models.lstm_meprop import LSTMMePropConfig, LSTMMePropModel
+    from fairseq_efficiency.meprop.lstm_meprop import LSTMMePropConfig, LSTMMePropModel
     d = Dictionary()
     for w in "a b c d e".split():
         d.add_symbol(w)
@@ -164,7 +164,7 @@ def test_without_alternation_both_sides_are_sparse():
 
 
 def test_alternation_needs_the_epoch_signal_only_for_training():
-    from fairseq_efficiency.models.lstm_meprop import LSTMMePropModel
+    from fairseq_efficiency.meprop.lstm_meprop import LSTMMePropModel
     model, d = _tiny_lstm_model(alternate=False)
     cfg = argparse.Namespace(**vars(model.cfg))
     cfg.meprop_alternate = True

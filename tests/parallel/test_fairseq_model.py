@@ -5,8 +5,8 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from fairseq_efficiency.cli.userdir import userdir
-from fairseq_efficiency.models.hybrid_lstm import HybridLSTMModel
-from fairseq_efficiency.parallel.fairseq_glue import PipelineGroupShards, build
+from fairseq_efficiency.parallel.hook import PipelineGroupShards, build
+from fairseq_efficiency.parallel.hybrid_lstm import HybridLSTMModel
 
 TINY = ["--arch", "hybrid_lstm", "--encoder-embed-dim", "8", "--decoder-embed-dim", "8",
         "--hidden-size", "8", "--layers", "2", "--dropout", "0"]
@@ -85,7 +85,7 @@ def test_criterion_equals_label_smoothed_and_needs_share_aware_criterion(tiny_da
 
 
 def test_hybrid_share_of_sample(tiny_data_bin):
-    from fairseq_efficiency.parallel.fairseq_glue import share_of_sample
+    from fairseq_efficiency.parallel.hybrid_cross_entropy import share_of_sample
     task = tasks.setup_task(_cfg(tiny_data_bin).task)
     sample = _sample(task)
     parts = [share_of_sample(sample, a, b, task.target_dictionary.pad())

@@ -46,6 +46,16 @@ def reference(layers, batch_shape, seed=0):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def owned_parameters(pipe):
+    """Parameters a rank updates from its own computation (besides its head share)."""
+    lo, hi = pipe.layer_range
+    mods = [pipe.encoder.layers[i] for i in range(lo, hi)]
+    mods += [pipe.decoder.layers[i] for i in range(lo, hi)]
+    if pipe.stage == 0:
+        mods += [pipe.encoder.embed_tokens, pipe.decoder.embed_tokens]
+    return [p for m in mods for p in m.parameters()]
+
+
 def pipeline_step(rank, world, layers, balance, chunks, batch_shape, seed=0):
     """One forward/backward of the wavefront pipeline; grads summed over ranks (all-reduce)."""
     model = tiny_model(layers, seed)
@@ -63,7 +73,7 @@ def pipeline_step(rank, world, layers, balance, chunks, batch_shape, seed=0):
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         dist.all_reduce(g)
         grads[n] = g
-    owned = {id(p) for p in pipe.owned_parameters()}
+    owned = {id(p) for p in owned_parameters(pipe)}
     owned_names = [n for n, p in model.named_parameters() if id(p) in owned]
     with torch.no_grad():  # evaluation path (no autograd boundary)
         logits_eval, _, _ = pipe(src, prev)

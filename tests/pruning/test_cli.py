@@ -88,7 +88,7 @@ def test_gradual_schedule(tiny_data_bin, tmp_path):
     assert masks.sparsity() == pytest.approx(0.7, abs=1e-3)
 
 
-def test_offline_prune_generate_retrain_export(baseline, tiny_data_bin, tmp_path):
+def test_offline_prune_generate_retrain_export(baseline, tiny_data_bin, tmp_path, capsys):
     out = str(tmp_path / "p80.pt")
     before = os.path.getmtime(baseline)
     res = run_cli(PRUNE_CLI, [baseline, "--scheme", "class-blind", "--ratio", "0.8", "-o", out])
@@ -118,9 +118,13 @@ def test_offline_prune_generate_retrain_export(baseline, tiny_data_bin, tmp_path
 
     # sparse export: smaller, and fairseq-generate gives the same translations
     sp = str(tmp_path / "p80.sparse.pt")
-    res = run_cli("fairseq_efficiency.pruning.export_cli", [out, "-o", sp])
-    assert "of dense" in res.stdout
-    dense_bytes = int(res.stdout.split("dense model checkpoint")[1].split()[0])
+    from fairseq_efficiency.pruning.cli import export_main  # fairseq-efficiency-sparse-export
+
+    capsys.readouterr()
+    assert export_main([out, "-o", sp]) == 0
+    stdout = capsys.readouterr().out
+    assert "of dense" in stdout
+    dense_bytes = int(stdout.split("dense model checkpoint")[1].split()[0])
     assert os.path.getsize(sp) < 0.5 * dense_bytes
     assert generate(tiny_data_bin, sp) == hyps
 
@@ -167,7 +171,7 @@ def test_train_flags_validated_up_front(tiny_data_bin):
     from fairseq import options
 
     from fairseq_efficiency.cli.userdir import userdir
-    from fairseq_efficiency.features import build_hooks
+    from fairseq_efficiency.techniques import build_hooks
 
     def parse(*extra):
         parser = options.get_training_parser()

@@ -65,9 +65,12 @@ def test_class_distribution_lambda_sigma_rule(ratio):
     total = sum(t.numel() for ts in classes.values() for t in ts.values())
     res = compute_masks(classes, "class-distribution", ratio)
     assert n_pruned(res.masks) == round(ratio * total)
-    lam = res.lam
+    sigmas = {c: torch.cat([t.reshape(-1) for t in ts.values()]).std(correction=0).item()
+              for c, ts in classes.items()}
+    first = next(iter(classes))
+    lam = res.thresholds[first] / sigmas[first]
     for c, ts in classes.items():
-        sigma = torch.cat([t.reshape(-1) for t in ts.values()]).std(correction=0).item()
+        sigma = sigmas[c]
         for n, t in ts.items():
             pruned = ~res.masks[n]
             # pruned <=> |w| <= λ σ_c  (one universal λ)

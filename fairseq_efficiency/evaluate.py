@@ -1,4 +1,9 @@
-"""In-process evaluation used by ``--analyze`` and the benchmark: perplexity and BLEU."""
+"""Evaluation of translation models: perplexity, and the one BLEU of the plugin.
+
+BLEU is sacrebleu's corpus BLEU on the already-tokenized text (``tokenize="none"``),
+whether the translations come from beam search in process (:func:`bleu`: pruning's
+``--analyze`` and benchmark) or from ``fairseq-generate`` (the demo).
+"""
 import math
 
 import torch
@@ -32,10 +37,19 @@ def perplexity(task, model, split="valid", max_tokens=4000) -> float:
     return math.exp(nll / max(ntok, 1))
 
 
+def corpus_bleu(hyps, refs) -> float:
+    """sacrebleu corpus BLEU of hypotheses against one reference each, both already tokenized."""
+    import logging
+
+    import sacrebleu
+
+    logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the text is tokenized on purpose
+    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="none").score
+
+
 @torch.no_grad()
 def bleu(task, model, split="test", beam=4, batch_size=128) -> float:
-    """sacrebleu BLEU (``tokenize="none"``) of beam search on ``split``, like ``fairseq-generate``."""
-    import sacrebleu
+    """:func:`corpus_bleu` of beam search on ``split``, like ``fairseq-generate``."""
     from fairseq.dataclass.configs import GenerationConfig
 
     model.eval()
@@ -49,5 +63,4 @@ def bleu(task, model, split="test", beam=4, batch_size=128) -> float:
             ref = utils.strip_pad(sample["target"][i], tgt.pad()).int().cpu()
             refs[sid] = tgt.string(ref, None, escape_unk=True)
     ids = sorted(refs)
-    return sacrebleu.corpus_bleu([hyps[i] for i in ids], [[refs[i] for i in ids]],
-                                 tokenize="none").score
+    return corpus_bleu([hyps[i] for i in ids], [refs[i] for i in ids])

@@ -25,7 +25,7 @@ from omegaconf import II
 from fairseq_efficiency.errors import user_errors
 from fairseq_efficiency.meprop import TopKLinear
 from fairseq_efficiency.meprop.mesimp import linear_group
-from fairseq_efficiency.models.lstm_meprop import MePropModelConfig, MePropModelMixin, check_meprop_cfg
+from fairseq_efficiency.meprop.lstm_meprop import MePropModelConfig, MePropModelMixin, check_meprop_cfg
 
 
 @dataclass

@@ -26,11 +26,15 @@ from omegaconf import II
 
 from fairseq_efficiency.compat import literal_list
 from fairseq_efficiency.errors import PluginConfigError, user_errors
-from fairseq_efficiency.parallel.fairseq_glue import HYBRID_SHARE, HYBRID_WAIT
 from fairseq_efficiency.parallel.pipeline import (
     DevicePipeline, WavefrontPipeline, check_wavefront_decoder,
 )
 from fairseq_efficiency.parallel.seq2seq import HybridDecoder, HybridEncoder, check_chunks
+
+# keys of the model's extra output across ranks: this rank's batch rows [lo, hi), and its
+# seconds blocked on the other ranks (read by the hybrid_cross_entropy criterion)
+HYBRID_SHARE = "hybrid_share"
+HYBRID_WAIT = "hybrid_wait_s"
 
 
 @dataclass
