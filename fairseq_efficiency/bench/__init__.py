@@ -20,6 +20,11 @@ A spec (see ``benchmarks/specs/``)::
     name = "baseline"
 
     [[method]]
+    name = "hybrid"
+    ranks = 2                        # data-parallel CPU ranks (fairseq-efficiency-launch);
+    args = ["--arch", "hybrid_lstm"] # the run takes `ranks` of the --jobs slots
+
+    [[method]]
     name = "prune80"
     after = "baseline"               # prune-then-retrain: start from that method's same-seed
     args = ["--prune-ratio", "0.8"]  # checkpoint_best.pt (fairseq --finetune-from-model)
@@ -59,7 +64,7 @@ PRESETS = {  # embedded corpus sizes (CorpusConfig fields)
                  adjectives=80, adverbs=30, max_len=40),
 }
 _TOP = {"name", "seeds", "baseline", "target_loss", "corpus", "train", "generate", "method"}
-_METHOD = {"name", "args", "after", "generate_args"}
+_METHOD = {"name", "args", "after", "generate_args", "ranks"}
 _TRAIN = {"args", "threads"}
 _GENERATE = {"args", "enabled", "subset"}
 _MAX_RUNS = 1000
@@ -79,6 +84,7 @@ class Method:
     args: List[str] = field(default_factory=list)
     after: Optional[str] = None
     generate_args: List[str] = field(default_factory=list)
+    ranks: int = 1  # > 1: trained as that many data-parallel CPU ranks
 
 
 @dataclass
@@ -174,9 +180,13 @@ def load_spec(path: str) -> Spec:
         if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") \
                 or name.startswith("."):
             raise SpecError(f"{path} method #{i + 1}: name must be a plain word")
+        ranks = m.get("ranks", 1)
+        if not isinstance(ranks, int) or isinstance(ranks, bool) or not 1 <= ranks <= 64:
+            raise SpecError(f"{path} method {name}: ranks must be an integer from 1 to 64")
         spec.methods.append(Method(name, _strs(m.get("args", []), f"{path} method {name} args"),
                                    m.get("after"),
-                                   _strs(m.get("generate_args", []), f"{path} method {name}")))
+                                   _strs(m.get("generate_args", []), f"{path} method {name}"),
+                                   ranks))
     names = [m.name for m in spec.methods]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}: method names repeat")
@@ -225,7 +235,12 @@ def plan(spec: Spec, out: str, data_bin: str) -> List[Run]:
     for m in spec.methods:
         for seed in spec.seeds:
             d = os.path.join(out, f"{m.name}.seed{seed}")
-            cmd = [sys.executable, "-m", "fairseq_cli.train", data_bin, "--user-dir", userdir,
+            launch = []
+            if m.ranks > 1:  # the launcher adds the gloo/legacy_ddp flags of every rank
+                launch = [sys.executable, "-m", "fairseq_efficiency.cli.launch", "--nproc",
+                          str(m.ranks), "--threads-per-rank", str(spec.threads), "--log-dir", d,
+                          "--"]
+            cmd = [*launch, sys.executable, "-m", "fairseq_cli.train", data_bin, "--user-dir", userdir,
                    "--task", "translation_efficiency", "--seed", str(seed),
                    "--save-dir", d, "--log-format", "json", "--no-progress-bar",
                    *spec.train_args, *m.args]
@@ -332,8 +347,9 @@ class Runner:
         with ThreadPoolExecutor(self.jobs) as pool:
             while pending or running:
                 for r in list(pending):
-                    if len(running) >= self.jobs:
-                        break
+                    used = sum(x.method.ranks for x in running.values())
+                    if used and used + r.method.ranks > self.jobs:
+                        break  # a run of more ranks than --jobs runs alone
                     dep = f"{r.method.after}.seed{r.seed}" if r.method.after else None
                     if dep and (status.get(dep) in ("failed", "blocked") or (
                             dep not in by_name and not os.path.isfile(

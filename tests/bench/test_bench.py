@@ -22,7 +22,8 @@ def test_every_example_spec_parses_with_fairseq_and_the_plugin(spec, tiny_data_b
     s = load_spec(os.path.join(SPECS, spec))
     assert s.methods and s.seeds and s.baseline == s.methods[0].name
     for run in plan(s, str(tmp_path), tiny_data_bin)[:: len(s.seeds)]:
-        args = options.parse_args_and_arch(options.get_training_parser(), run.train_cmd[3:])
+        train = run.train_cmd[run.train_cmd.index("fairseq_cli.train") + 1:]
+        args = options.parse_args_and_arch(options.get_training_parser(), train)
         assert args.task == "translation_efficiency" and args.seed == s.seeds[0]
         if run.generate_cmd:
             options.parse_args_and_arch(options.get_generation_parser(), run.generate_cmd[3:])
@@ -37,6 +38,7 @@ def test_every_example_spec_parses_with_fairseq_and_the_plugin(spec, tiny_data_b
     ("seeds = [1\n", "not valid TOML"),
     ("[train]\nargs = ['--seed', '3']\n[[method]]\nname = 'a'\n", "--seed is set by the runner"),
     ("[[method]]\nname = 'a'\nargs = ['--save-dir=x']\n", "--save-dir is set by the runner"),
+    ("[[method]]\nname = 'a'\nranks = 0\n", "ranks must be an integer"),
 ])
 def test_bad_spec_is_refused_in_one_line(tmp_path, capsys, text, message):
     spec = tmp_path / "s.toml"
@@ -150,3 +152,35 @@ def test_smoke_spec_end_to_end_with_prune_then_retrain_and_bleu(tmp_path):
     assert base["bleu"] is not None and pruned["bleu"] is not None
     ratio = pruned["nonzero_params"]["mean"] / base["nonzero_params"]["mean"]
     assert 0.4 < ratio < 0.6
+
+
+def test_a_multi_rank_method_runs_under_the_launcher_and_takes_its_slots(tmp_path):
+    spec = load_spec(SMOKE)
+    spec.seeds = [1, 2]
+    spec.methods[1].after = None
+    spec.methods[1].ranks = 2
+    runs = plan(spec, str(tmp_path), "/data")
+    cmd = runs[2].train_cmd
+    launch = cmd[:cmd.index("--")]
+    assert launch[1:3] == ["-m", "fairseq_efficiency.cli.launch"]
+    assert launch[launch.index("--nproc") + 1] == "2"
+    assert cmd[cmd.index("--") + 1:][1:3] == ["-m", "fairseq_cli.train"]
+    assert "fairseq_efficiency.cli.launch" not in runs[0].train_cmd
+    active, overlap = [], []
+    lock = threading.Lock()
+
+    def fake(run):
+        with lock:
+            active.append(run.name)
+            overlap.append(list(active))
+        time.sleep(0.05)
+        with lock:
+            active.remove(run.name)
+        return None
+
+    runner = Runner(spec, str(tmp_path), jobs=2, log=lambda *_: None)
+    runner._execute = fake
+    assert set(runner.run_all(runs).values()) == {"done"}
+    assert ["baseline.seed1", "baseline.seed2"] in overlap  # 1-rank runs share the 2 slots
+    for seen in overlap:  # a 2-rank run never shares them
+        assert len(seen) == 1 or not any(n.startswith("prune50") for n in seen)
