@@ -9,8 +9,9 @@ A spec (see ``benchmarks/specs/``)::
     [corpus]                         # the embedded corpus: a preset and/or CorpusConfig fields
     preset = "demo"                  # or: data = "path/to/data-bin" (relative to the spec)
 
-    [train]                          # fairseq-train flags shared by every method (model, budget)
-    args = ["--arch", "lstm", "--optimizer", "adam", "--lr", "0.005", "--max-epoch", "10"]
+    [train]                          # fairseq-train flags shared by every method (budget)
+    args = ["--optimizer", "adam", "--lr", "0.005", "--max-epoch", "10"]
+    model = ["--arch", "lstm", "--encoder-layers", "1"]  # replaced by a method's own `model`
     threads = 2                      # OMP_NUM_THREADS of each run
 
     [generate]                       # fairseq-generate on the test set (enabled = false: skip)
@@ -22,7 +23,7 @@ A spec (see ``benchmarks/specs/``)::
     [[method]]
     name = "hybrid"
     ranks = 2                        # data-parallel CPU ranks (fairseq-efficiency-launch);
-    args = ["--arch", "hybrid_lstm"] # the run takes `ranks` of the --jobs slots
+    model = ["--arch", "hybrid_lstm"]  # the run takes `ranks` of the --jobs slots
 
     [[method]]
     name = "prune80"
@@ -64,8 +65,8 @@ PRESETS = {  # embedded corpus sizes (CorpusConfig fields)
                  adjectives=80, adverbs=30, max_len=40),
 }
 _TOP = {"name", "seeds", "baseline", "target_loss", "corpus", "train", "generate", "method"}
-_METHOD = {"name", "args", "after", "generate_args", "ranks"}
-_TRAIN = {"args", "threads"}
+_METHOD = {"name", "args", "after", "generate_args", "ranks", "model"}
+_TRAIN = {"args", "model", "threads"}
 _GENERATE = {"args", "enabled", "subset"}
 _MAX_RUNS = 1000
 # set by the runner for every run; a spec giving them would break seeds, logs or resuming
@@ -85,6 +86,7 @@ class Method:
     after: Optional[str] = None
     generate_args: List[str] = field(default_factory=list)
     ranks: int = 1  # > 1: trained as that many data-parallel CPU ranks
+    model: Optional[List[str]] = None  # replaces the spec's [train] model flags
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Spec:
     seeds: List[int]
     methods: List[Method]
     train_args: List[str]
+    model_args: List[str] = field(default_factory=list)
     threads: int = 1
     corpus: Optional[CorpusConfig] = None
     data: Optional[str] = None
@@ -163,6 +166,7 @@ def load_spec(path: str) -> Spec:
     train = raw.get("train", {})
     _keys(train, _TRAIN, f"{path} [train]")
     spec.train_args = _strs(train.get("args", []), f"{path} [train] args")
+    spec.model_args = _strs(train.get("model", []), f"{path} [train] model")
     spec.threads = train.get("threads", 1)
     if not isinstance(spec.threads, int) or spec.threads < 1:
         raise SpecError(f"{path} [train] threads must be an integer >= 1")
@@ -186,7 +190,8 @@ def load_spec(path: str) -> Spec:
         spec.methods.append(Method(name, _strs(m.get("args", []), f"{path} method {name} args"),
                                    m.get("after"),
                                    _strs(m.get("generate_args", []), f"{path} method {name}"),
-                                   ranks))
+                                   ranks, _strs(m["model"], f"{path} method {name} model")
+                                   if "model" in m else None))
     names = [m.name for m in spec.methods]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}: method names repeat")
@@ -243,7 +248,8 @@ def plan(spec: Spec, out: str, data_bin: str) -> List[Run]:
             cmd = [*launch, sys.executable, "-m", "fairseq_cli.train", data_bin, "--user-dir", userdir,
                    "--task", "translation_efficiency", "--seed", str(seed),
                    "--save-dir", d, "--log-format", "json", "--no-progress-bar",
-                   *spec.train_args, *m.args]
+                   *spec.train_args, *(spec.model_args if m.model is None else m.model),
+                   *m.args]
             if m.after:
                 cmd += ["--finetune-from-model",
                         os.path.join(out, f"{m.after}.seed{seed}", "checkpoint_best.pt")]

@@ -159,7 +159,12 @@ def test_a_multi_rank_method_runs_under_the_launcher_and_takes_its_slots(tmp_pat
     spec.seeds = [1, 2]
     spec.methods[1].after = None
     spec.methods[1].ranks = 2
+    spec.model_args = ["--arch", "lstm", "--encoder-layers", "1"]
+    spec.methods[1].model = ["--arch", "hybrid_lstm"]  # replaces the spec's model flags
     runs = plan(spec, str(tmp_path), "/data")
+    assert runs[0].train_cmd[runs[0].train_cmd.index("--arch") + 1] == "lstm"
+    assert "--encoder-layers" not in runs[2].train_cmd
+    assert runs[2].train_cmd[runs[2].train_cmd.index("--arch") + 1] == "hybrid_lstm"
     cmd = runs[2].train_cmd
     launch = cmd[:cmd.index("--")]
     assert launch[1:3] == ["-m", "fairseq_efficiency.cli.launch"]
