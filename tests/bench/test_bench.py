@@ -159,6 +159,7 @@ def test_a_multi_rank_method_runs_under_the_launcher_and_takes_its_slots(tmp_pat
     spec.seeds = [1, 2]
     spec.methods[1].after = None
     spec.methods[1].ranks = 2
+    spec.train_args = ["--cpu", "--max-update", "4"]
     spec.model_args = ["--arch", "lstm", "--encoder-layers", "1"]
     spec.methods[1].model = ["--arch", "hybrid_lstm"]  # replaces the spec's model flags
     runs = plan(spec, str(tmp_path), "/data")
