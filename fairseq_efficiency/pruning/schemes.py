@@ -12,18 +12,15 @@ more than 16M elements). Weights whose score is ``<= threshold`` are pruned, so 
 ``k`` are pruned unless scores tie at the threshold (e.g. weights that are already zero),
 in which case all tied weights go.
 
-===================== ===================================== ===========================
-scheme                importance score                      selection
-===================== ===================================== ===========================
-``class-blind``       ``|w|``                               one threshold over all classes
-``class-uniform``     ``|w|``                               a threshold per class pruning
-                                                            ``x`` of it
-``class-distribution`` ``|w| / σ_c`` (``σ_c``: std of class one threshold ``λ`` (weights
-                      ``c``'s surviving weights)            with ``|w| <= λ·σ_c`` go)
-``lamp``              ``w_u² / Σ_{v≥u} w_v²`` per tensor,   one threshold; every tensor's
-                      weights sorted ascending by |w|       largest weight scores 1, so no
-                      (Lee et al., ICLR 2021, Eq. 2)        tensor (or class) is emptied
-===================== ===================================== ===========================
+* ``class-blind`` (:class:`ClassBlind`): score ``|w|``, one threshold over all classes.
+* ``class-uniform`` (:class:`ClassUniform`): score ``|w|``, a threshold per class pruning
+  ``x`` of it.
+* ``class-distribution`` (:class:`ClassDistribution`): score ``|w| / σ_c``, ``σ_c`` the
+  standard deviation of class ``c``'s surviving weights, one threshold ``λ``: weights with
+  ``|w| <= λ·σ_c`` go.
+* ``lamp`` (:class:`LAMP`, Lee et al., ICLR 2021, Eq. 2): score ``w_u² / Σ_{v≥u} w_v²`` over
+  each tensor's weights sorted ascending by magnitude, one threshold. Every tensor's largest
+  weight scores 1, so no tensor (hence no class) is emptied.
 
 ``max_class_ratio`` caps the pruned fraction of any one class for the global schemes:
 a class that would lose more keeps exactly ``1 - cap`` of its weights (its highest
