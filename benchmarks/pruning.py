@@ -34,8 +34,8 @@ from fairseq_efficiency.cli.demo import BASELINE_MODEL, BASELINE_OPTIM, DEMO_COR
 from fairseq_efficiency.cli.userdir import userdir
 from fairseq_efficiency.data.prepare import prepare
 from fairseq_efficiency.data.synthetic import CorpusConfig
-from fairseq_efficiency.pruning.checkpoint import (build_from_checkpoint, prune_checkpoint,
-                                                   trained_updates)
+from fairseq_efficiency.pruning.checkpoint import build_from_checkpoint, trained_updates
+from fairseq_efficiency.pruning.offline import prune_checkpoint
 from fairseq_efficiency.pruning.retrain import PAPER_FRACTION
 from fairseq_efficiency.evaluate import bleu, perplexity
 from fairseq_efficiency.pruning.export import export_state, saved_size

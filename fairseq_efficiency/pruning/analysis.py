@@ -18,8 +18,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fairseq_efficiency.pruning.classes import find_weight_classes
 from fairseq_efficiency.evaluate import perplexity
+from fairseq_efficiency.pruning.classes import class_tensors
 from fairseq_efficiency.pruning.schemes import PAPER_SCHEMES, compute_masks
 
 GATES = ("i", "f", "h_hat", "o")  # torch's row blocks i, f, g, o
@@ -36,23 +36,21 @@ def _write_csv(path, rows):
 def class_breakdown(task, model, ratio, schemes=PAPER_SCHEMES, split="valid", include=(), exclude=(),
                     split_lstm=False):
     """Rows ``{class, weights, base_ppl, <scheme> pruned, <scheme> dppl}`` (Figure 4)."""
-    classes = find_weight_classes(model, include, exclude, split_lstm)
-    params = dict(model.named_parameters())
-    tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
+    tensors = class_tensors(model, include, exclude, split_lstm)
     base = perplexity(task, model, split)
-    rows = OrderedDict((c, {"class": c, "weights": sum(params[n].numel() for n in names),
-                            "base_ppl": base}) for c, names in classes.items())
+    rows = OrderedDict((c, {"class": c, "weights": sum(t.numel() for t in ts.values()),
+                            "base_ppl": base}) for c, ts in tensors.items())
     for scheme in schemes:
         masks = compute_masks(tensors, scheme, ratio).masks
-        for c, names in classes.items():
-            saved = {n: params[n].data.clone() for n in names}
+        for c, ts in tensors.items():
+            saved = {n: t.clone() for n, t in ts.items()}
             pruned = 0
-            for n in names:
-                params[n].data.masked_fill_(~masks[n], 0)
+            for n, t in ts.items():
+                t.masked_fill_(~masks[n], 0)
                 pruned += int((~masks[n]).sum())
             ppl = perplexity(task, model, split)
-            for n in names:
-                params[n].data.copy_(saved[n])
+            for n, t in ts.items():
+                t.copy_(saved[n])
             rows[c][f"{scheme} pruned"] = pruned / rows[c]["weights"]
             rows[c][f"{scheme} dppl"] = ppl - base
     return list(rows.values())
@@ -75,10 +73,7 @@ def lstm_matrices(model):
 
 def survival_maps(model, ratio, scheme="class-blind", include=(), exclude=()):
     """``(maps, gate_rows)``: label -> keep map, and per gate/input surviving fractions."""
-    classes = find_weight_classes(model, include, exclude)
-    params = dict(model.named_parameters())
-    tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
-    masks = compute_masks(tensors, scheme, ratio).masks
+    masks = compute_masks(class_tensors(model, include, exclude), scheme, ratio).masks
     maps, gate_rows = OrderedDict(), []
     for label, ih, hh in lstm_matrices(model):
         if ih not in masks or hh not in masks:

@@ -27,6 +27,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
+import torch
 from torch import nn
 
 from fairseq_efficiency.errors import PluginConfigError
@@ -124,6 +125,16 @@ def find_weight_classes(model: nn.Module, include: Sequence[str] = (), exclude: 
         raise PluginConfigError(f"no prunable parameter in {type(model).__name__} "
                                 "(check --prune-include/--prune-exclude)")
     return classes
+
+
+def class_tensors(model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                  split_lstm: bool = False) -> "OrderedDict[str, OrderedDict[str, torch.Tensor]]":
+    """Class -> ``{parameter name: its data}`` for the parameters of :func:`find_weight_classes`
+    (the tensors share the parameters' storage), the input of the pruning schemes."""
+    params = dict(model.named_parameters())
+    return OrderedDict((c, OrderedDict((n, params[n].data) for n in names))
+                       for c, names in find_weight_classes(model, include, exclude,
+                                                           split_lstm).items())
 
 
 def _aliases(model: nn.Module) -> Dict[str, List[str]]:

@@ -78,7 +78,8 @@ def prune_main(argv=None):
     args = parser.parse_args(argv)
     _setup_logging()
 
-    from fairseq_efficiency.pruning.checkpoint import PruneError, build_from_checkpoint, prune_checkpoint
+    from fairseq_efficiency.pruning.checkpoint import PruneError, build_from_checkpoint
+    from fairseq_efficiency.pruning.offline import prune_checkpoint
     from fairseq_efficiency.pruning.report import collapse_warnings, format_class_table
     from fairseq_efficiency.pruning.schemes import check_class_cap, check_ratio, check_scheme
 
@@ -155,9 +156,9 @@ def export_main(argv=None):
 
     import torch
 
-    from fairseq_efficiency.pruning.checkpoint import (PruneError, atomic_save, build_from_checkpoint,
-                                                       check_masks_hold)
+    from fairseq_efficiency.pruning.checkpoint import PruneError, atomic_save, build_from_checkpoint
     from fairseq_efficiency.pruning.export import export_state, saved_size
+    from fairseq_efficiency.pruning.offline import check_masks_hold
 
     try:
         if not 0.0 < args.max_density <= 1.0:

@@ -23,7 +23,7 @@ from fairseq.logging import metrics
 from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.hooks import EfficiencyHook
-from fairseq_efficiency.pruning.classes import find_weight_classes, split_patterns
+from fairseq_efficiency.pruning.classes import class_tensors, find_weight_classes, split_patterns
 from fairseq_efficiency.pruning.masks import MaskSet, unwrap_model
 from fairseq_efficiency.pruning.report import collapse_warnings, format_class_table
 from fairseq_efficiency.pruning.retrain import DECAYS, PAPER_LR_SCALE, Retraining
@@ -151,11 +151,9 @@ class PruningHook(EfficiencyHook):
     def prune(self, model, ratio):
         """One pruning event: new masks from the current weights, applied at once."""
         model = unwrap_model(model)
-        classes = find_weight_classes(model, self.include, self.exclude, self.split_lstm)
-        params = dict(model.named_parameters())
-        tensors = {c: {n: params[n].data for n in names} for c, names in classes.items()}
+        classes = class_tensors(model, self.include, self.exclude, self.split_lstm)
         prev = self.masks.masks if self.masks is not None else None
-        res = compute_masks(tensors, self.scheme, ratio, prev, self.max_class_ratio)
+        res = compute_masks(classes, self.scheme, ratio, prev, self.max_class_ratio)
         if self.masks is not None:  # keep masks of parameters outside the current classes
             for n, m in self.masks.masks.items():
                 res.masks.setdefault(n, m)

@@ -1,22 +1,26 @@
 """Magnitude pruning schemes: the three of See et al. 2016 (section 3.3) and LAMP.
 
-Pure torch: inputs are ``{class: {param name: tensor}}``, outputs boolean keep
-masks (``True`` = the weight survives). To prune a fraction ``x`` of ``N``
-weights, ``k = round(x * N)`` and the threshold is the k-th smallest score
-(``torch.kthvalue``: about 7x faster than ``topk``/``sort`` on 50M weights, and
-``torch.quantile`` refuses more than 16M elements). Weights whose score is
-``<= threshold`` are pruned, so exactly ``k`` are pruned unless scores tie at the
-threshold (e.g. weights that are already zero), in which case all tied weights go.
+Each scheme is a small strategy object in the manner of ``torch.nn.utils.prune``
+(parameters in ``__init__``; :meth:`~PruningScheme.compute_mask` ``(t, default_mask)``
+for one tensor) over one importance score, with a model-level
+:meth:`~PruningScheme.compute_masks` over weight classes ``{class: {param name:
+tensor}}`` (torch's ``global_unstructured``, aware of classes). Masks are keep masks
+(``True`` = the weight survives). To prune a fraction ``x`` of ``N`` weights,
+``k = round(x * N)`` and the threshold is the k-th smallest score (``torch.kthvalue``:
+about 7x faster than ``topk``/``sort`` on 50M weights, and ``torch.quantile`` refuses
+more than 16M elements). Weights whose score is ``<= threshold`` are pruned, so exactly
+``k`` are pruned unless scores tie at the threshold (e.g. weights that are already zero),
+in which case all tied weights go.
 
-* **class-blind**: score ``|w|``, one threshold over all classes.
-* **class-uniform**: score ``|w|``, a threshold per class pruning ``x`` of it.
-* **class-distribution**: weights with ``|w| <= λ·σ_c`` are pruned, ``σ_c`` the
-  standard deviation of class ``c``'s surviving weights; ``λ`` is universal and
-  chosen so that ``x`` of all weights are pruned. That is class-blind on the
-  scores ``|w| / σ_c``, so ``λ`` is itself the k-th smallest of those scores.
-* **lamp** (Lee et al., ICLR 2021, Eq. 2): class-blind on the layer-adaptive scores
-  ``w_u² / Σ_{v≥u} w_v²`` (each tensor's weights sorted ascending by magnitude).
-  Every tensor's largest weight scores 1, so no tensor (hence no class) is emptied.
+* ``class-blind`` (:class:`ClassBlind`): score ``|w|``, one threshold over all classes.
+* ``class-uniform`` (:class:`ClassUniform`): score ``|w|``, a threshold per class pruning
+  ``x`` of it.
+* ``class-distribution`` (:class:`ClassDistribution`): score ``|w| / σ_c``, ``σ_c`` the
+  standard deviation of class ``c``'s surviving weights, one threshold ``λ``: weights with
+  ``|w| <= λ·σ_c`` go.
+* ``lamp`` (:class:`LAMP`, Lee et al., ICLR 2021, Eq. 2): score ``w_u² / Σ_{v≥u} w_v²`` over
+  each tensor's weights sorted ascending by magnitude, one threshold. Every tensor's largest
+  weight scores 1, so no tensor (hence no class) is emptied.
 
 ``max_class_ratio`` caps the pruned fraction of any one class for the global schemes:
 a class that would lose more keeps exactly ``1 - cap`` of its weights (its highest
@@ -30,15 +34,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+from torch.nn.utils import prune
 
 from fairseq_efficiency.errors import PluginConfigError
-
-PAPER_SCHEMES = ("class-blind", "class-uniform", "class-distribution")
-SCHEMES = PAPER_SCHEMES + ("lamp",)
 
 logger = logging.getLogger(__name__)
 
 Classes = Mapping[str, Mapping[str, torch.Tensor]]
+Masks = Mapping[str, torch.Tensor]
 
 
 def check_ratio(ratio: float, what: str = "pruning ratio") -> float:
@@ -57,14 +60,6 @@ def check_class_cap(cap: float, ratio: float = 0.0, what: str = "--prune-max-cla
         raise PluginConfigError(f"{what} {cap} is below the pruning ratio {ratio}: no class may lose "
                          f"more than {cap:.0%}, so {ratio:.0%} of all weights cannot be pruned")
     return cap
-
-
-def check_scheme(scheme: str) -> str:
-    scheme = str(scheme)
-    if scheme not in SCHEMES:
-        raise PluginConfigError(
-            f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
-    return scheme
 
 
 @dataclass
@@ -95,23 +90,109 @@ def _kth(scores: torch.Tensor, k: int) -> float:
     return float(torch.kthvalue(scores.float().cpu(), k).values)
 
 
-def _flat_abs(tensors, prev):
-    out = []
-    for n, t in tensors.items():
-        a = t.detach().abs().reshape(-1).float()
-        if prev is not None and n in prev:
-            a = a.masked_fill(~prev[n].reshape(-1).to(a.device), 0.0)
-        out.append(a)
-    return out
+def _numel(tensors: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in tensors.values())
+
+
+class PruningScheme(prune.BasePruningMethod):
+    """Prune ``amount`` of the weights with the lowest importance scores under one global
+    threshold, no class losing more than ``max_class_ratio`` of its weights.
+
+    A subclass changes the importance score (:meth:`importance`), the selection
+    (:meth:`select`) or what survives it (:meth:`keep`). Weights pruned before (outside
+    ``prev``/``default_mask``) count as zeros and stay pruned, so an iterative schedule
+    only ever removes more weights; ``amount`` is the fraction of *all* weights pruned
+    afterwards.
+    """
+
+    PRUNING_TYPE = "unstructured"
+    name = ""
+
+    def __init__(self, amount: float, max_class_ratio: float = 1.0):
+        self.amount = check_ratio(amount)
+        self.max_class_ratio = check_class_cap(max_class_ratio, self.amount)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(amount={self.amount}, "
+                f"max_class_ratio={self.max_class_ratio})")
+
+    # -- the score -------------------------------------------------------------------------
+    def importance(self, weights: Mapping[str, torch.Tensor], mags: Mapping[str, torch.Tensor],
+                   pruned_before: bool) -> Tuple[Dict[str, torch.Tensor], Optional[float]]:
+        """Importance scores of one class's weights (flat, by name) and the magnitude that
+        one unit of score stands for in the report (None: report the largest pruned |w|).
+
+        ``mags`` are the flat magnitudes with weights pruned before at zero; ``weights``
+        the tensors themselves.
+        """
+        return dict(mags), 1.0
+
+    # -- the selection ---------------------------------------------------------------------
+    def select(self, scores: Mapping[str, Mapping[str, torch.Tensor]]):
+        """``(pruned flat bool by name, score threshold by class, capped classes)``."""
+        sizes = {c: _numel(d) for c, d in scores.items()}
+        total = sum(sizes.values())
+        k = int(round(self.amount * total))
+        caps = None
+        if self.max_class_ratio < 1.0:
+            caps = {c: int(self.max_class_ratio * n) for c, n in sizes.items()}
+            if sum(caps.values()) < k:
+                logger.warning("--prune-max-class-ratio %.4f: the classes can give only %d of the "
+                               "%d weights to prune (rounding); pruned %.4f instead of %.4f",
+                               self.max_class_ratio, sum(caps.values()), k,
+                               sum(caps.values()) / max(total, 1), self.amount)
+        return _global_select(scores, k, caps)
+
+    def keep(self, pruned: torch.Tensor, score: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+        """Flat keep mask of one tensor from its pruned positions."""
+        return ~pruned
+
+    # -- torch.nn.utils.prune's interface ---------------------------------------------------
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        """Keep mask of the tensor ``t`` as a class of its own, on top of ``default_mask``
+        (same shape and dtype as ``default_mask``, as in ``torch.nn.utils.prune``)."""
+        res = self.compute_masks({"": {"": t}}, {"": default_mask.bool()})
+        return default_mask.masked_fill(~res.masks[""].to(default_mask.device), 0)
+
+    # -- whole models ----------------------------------------------------------------------
+    def compute_masks(self, classes: Classes, prev: Optional[Masks] = None) -> PruneResult:
+        """Keep masks of every tensor in ``classes`` (``{class: {name: tensor}}``) and the
+        per-class |w| thresholds; ``prev``: keep masks of an earlier pruning event."""
+        before = prev if prev is not None else {}
+        mags = OrderedDict((c, OrderedDict((n, _magnitude(t, before.get(n)))
+                                           for n, t in ts.items())) for c, ts in classes.items())
+        scores, units = OrderedDict(), {}
+        for c, d in mags.items():
+            scores[c], units[c] = self.importance(classes[c], d, prev is not None)
+        pruned, thr, capped = self.select(scores)
+        res = PruneResult(OrderedDict(), capped=capped)
+        for c, ts in classes.items():
+            for n, t in ts.items():
+                keep = self.keep(pruned[n], scores[c][n], mags[c][n]).reshape(t.shape)
+                if prev is not None and n in prev:
+                    keep &= prev[n].to(keep.device)
+                res.masks[n] = keep.to(t.device)
+            if units[c] is None:  # the largest pruned magnitude of the class
+                cut = [mags[c][n][pruned[n].reshape(-1)] for n in ts]
+                cut = torch.cat(cut) if cut else torch.zeros(0)
+                res.thresholds[c] = float(cut.max()) if cut.numel() else 0.0
+            else:
+                res.thresholds[c] = max(thr[c], 0.0) * units[c]
+        return res
+
+
+def _magnitude(t: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """``|w|`` flat in float32, zero where ``keep`` says the weight was pruned before."""
+    a = t.detach().abs().reshape(-1).float()
+    return a if keep is None else a.masked_fill(~keep.reshape(-1).to(a.device), 0.0)
 
 
 def _global_select(scores: Mapping[str, Mapping[str, torch.Tensor]], k: int,
                    caps: Optional[Mapping[str, int]]):
     """Prune the ``k`` lowest scores over all classes, no class more than ``caps[c]``.
 
-    Returns ``(pruned flat bool per name, threshold per class, capped classes)``. Free
-    classes share one threshold (``score <= thr`` is pruned); a capped class loses
-    exactly its ``caps[c]`` lowest scores.
+    Free classes share one threshold (``score <= thr`` is pruned); a capped class
+    loses exactly its ``caps[c]`` lowest scores.
     """
     free = list(scores)
     capped: List[str] = []
@@ -146,76 +227,80 @@ def _global_select(scores: Mapping[str, Mapping[str, torch.Tensor]], k: int,
     return pruned, thresholds, tuple(capped)
 
 
-def compute_masks(classes: Classes, scheme: str, ratio: float,
-                  prev: Optional[Mapping[str, torch.Tensor]] = None,
-                  max_class_ratio: float = 1.0) -> PruneResult:
-    """Keep masks pruning ``ratio`` of all weights in ``classes`` with ``scheme``.
+class ClassBlind(PruningScheme):
+    """See et al. 2016, sec. 3.3: one magnitude threshold over all classes."""
 
-    ``prev`` (keep masks of an earlier pruning event) are respected: weights
-    pruned before stay pruned (they count as zeros), so an iterative schedule
-    only ever removes more weights. ``max_class_ratio`` caps the pruned fraction
-    of every class (module docstring).
-    """
-    check_scheme(scheme)
-    ratio = check_ratio(ratio)
-    max_class_ratio = check_class_cap(max_class_ratio, ratio)
-    masks: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    res = PruneResult(masks)
-    mags = {c: dict(zip(ts.keys(), _flat_abs(ts, prev))) for c, ts in classes.items()}
-    total = sum(a.numel() for d in mags.values() for a in d.values())
-    shapes = {n: t.shape for ts in classes.values() for n, t in ts.items()}
+    name = "class-blind"
 
-    if scheme == "class-uniform":  # every class loses ``ratio`` <= the cap
-        for c, d in mags.items():
-            n_c = sum(a.numel() for a in d.values())
-            k = int(round(ratio * n_c))
-            thr = _kth(torch.cat(list(d.values())), k) if k > 0 else -1.0
-            res.thresholds[c] = max(thr, 0.0)
-            for n, a in d.items():
-                masks[n] = (a > thr).reshape(shapes[n])
-    else:
-        scores: Dict[str, Dict[str, torch.Tensor]] = {}
-        sigma = {c: 1.0 for c in classes}
-        for c, d in mags.items():
-            if scheme == "class-distribution":
-                flat = torch.cat([t.detach().reshape(-1).float() for t in classes[c].values()])
-                alive = torch.cat([a > 0 for a in d.values()]) if prev is not None else None
-                vals = flat[alive] if alive is not None and alive.any() else flat
-                sigma[c] = float(vals.std(correction=0)) if vals.numel() > 1 else 0.0
-                inv = 1.0 / sigma[c] if sigma[c] > 0 else 0.0
-                scores[c] = {n: a * inv for n, a in d.items()}
-            elif scheme == "lamp":
-                scores[c] = {n: lamp_scores(a) for n, a in d.items()}
-            else:
-                scores[c] = dict(d)
-        k = int(round(ratio * total))
-        caps = None
-        if max_class_ratio < 1.0:
-            caps = {c: int(max_class_ratio * sum(a.numel() for a in d.values()))
-                    for c, d in mags.items()}
-        pruned, thr, res.capped = _global_select(scores, k, caps)
+
+class ClassUniform(PruningScheme):
+    """See et al. 2016, sec. 3.3: every class loses ``amount`` of its weights (so never
+    more than the cap, which is at least ``amount``)."""
+
+    name = "class-uniform"
+
+    def select(self, scores):
+        pruned, thresholds = {}, {}
         for c, d in scores.items():
+            k = int(round(self.amount * _numel(d)))
+            thresholds[c] = _kth(torch.cat(list(d.values())), k) if k > 0 else -1.0
             for n, s in d.items():
-                keep = ~pruned[n]
-                if scheme == "lamp" and s.numel() and not keep.any() and bool(mags[c][n].any()):
-                    keep[int(torch.argmax(s))] = True  # the layer's largest weight scores 1
-                masks[n] = keep.reshape(shapes[n])
-            if scheme == "lamp":  # report the largest pruned magnitude of the class
-                cut = [mags[c][n][pruned[n].reshape(-1)] for n in d]
-                cut = torch.cat(cut) if cut else torch.zeros(0)
-                res.thresholds[c] = float(cut.max()) if cut.numel() else 0.0
-            else:
-                res.thresholds[c] = max(thr[c], 0.0) * sigma[c]
-        if caps is not None and sum(caps.values()) < k:
-            logger.warning("--prune-max-class-ratio %.4f: the classes can give only %d of the "
-                           "%d weights to prune (rounding); pruned %.4f instead of %.4f",
-                           max_class_ratio, sum(caps.values()), k,
-                           sum(caps.values()) / max(total, 1), ratio)
-    if prev is not None:
-        for n in masks:
-            if n in prev:
-                masks[n] &= prev[n].to(masks[n].device)
-    for ts in classes.values():  # masks live on the parameters' devices
-        for n, t in ts.items():
-            masks[n] = masks[n].to(t.device)
-    return res
+                pruned[n] = s <= thresholds[c]
+        return pruned, thresholds, ()
+
+
+class ClassDistribution(PruningScheme):
+    """See et al. 2016, sec. 3.3: weights with ``|w| <= λ·σ_c`` go, ``λ`` universal: one
+    threshold on ``|w| / σ_c``, so ``λ`` is itself the k-th smallest of those scores."""
+
+    name = "class-distribution"
+
+    def importance(self, weights, mags, pruned_before):
+        flat = torch.cat([t.detach().reshape(-1).float() for t in weights.values()])
+        alive = torch.cat([a > 0 for a in mags.values()]) if pruned_before else None
+        vals = flat[alive] if alive is not None and alive.any() else flat
+        sigma = float(vals.std(correction=0)) if vals.numel() > 1 else 0.0
+        inv = 1.0 / sigma if sigma > 0 else 0.0
+        return {n: a * inv for n, a in mags.items()}, sigma
+
+
+class LAMP(PruningScheme):
+    """Lee et al., ICLR 2021: one threshold on layer-adaptive scores (:func:`lamp_scores`);
+    a tensor that would lose every weight keeps its largest (score 1)."""
+
+    name = "lamp"
+
+    def importance(self, weights, mags, pruned_before):
+        return {n: lamp_scores(a) for n, a in mags.items()}, None
+
+    def keep(self, pruned, score, mag):
+        keep = ~pruned
+        if score.numel() and not keep.any() and bool(mag.any()):
+            keep[int(torch.argmax(score))] = True
+        return keep
+
+
+SCHEME_CLASSES = OrderedDict((s.name, s) for s in (ClassBlind, ClassUniform, ClassDistribution,
+                                                    LAMP))
+SCHEMES = tuple(SCHEME_CLASSES)
+PAPER_SCHEMES = SCHEMES[:3]
+
+
+def check_scheme(scheme: str) -> str:
+    scheme = str(scheme)
+    if scheme not in SCHEME_CLASSES:
+        raise PluginConfigError(
+            f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+    return scheme
+
+
+def make_scheme(scheme: str, ratio: float, max_class_ratio: float = 1.0) -> PruningScheme:
+    """The scheme object named ``scheme`` pruning ``ratio`` of the weights."""
+    return SCHEME_CLASSES[check_scheme(scheme)](ratio, max_class_ratio)
+
+
+def compute_masks(classes: Classes, scheme: str, ratio: float, prev: Optional[Masks] = None,
+                  max_class_ratio: float = 1.0) -> PruneResult:
+    """Keep masks pruning ``ratio`` of all weights in ``classes`` with the scheme named
+    ``scheme`` (functional form of :meth:`PruningScheme.compute_masks`)."""
+    return make_scheme(scheme, ratio, max_class_ratio).compute_masks(classes, prev)

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from fairseq_efficiency.pruning.classes import find_weight_classes
+from fairseq_efficiency.pruning.classes import class_tensors, find_weight_classes
 from fairseq_efficiency.pruning.masks import MaskSet
 from fairseq_efficiency.pruning.schemes import compute_masks
+from tests.pruning.test_masks import Toy
 
 
 def build(data_bin, *arch):
@@ -19,6 +20,26 @@ def build(data_bin, *arch):
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     return task.build_model(cfg.model)
+
+
+def test_classes_of_a_torch_lstm_model():
+    classes = find_weight_classes(Toy(), split_lstm=True)
+    assert list(classes) == ["src_embed", "src_layer1_ff", "src_layer1_rec", "src_layer2_ff",
+                             "src_layer2_rec", "softmax"]
+    assert all("bias" not in n for ns in classes.values() for n in ns)
+
+
+def test_class_tensors_are_the_parameters_storage():
+    model = Toy()
+    tensors = class_tensors(model, exclude=["fc_out"])
+    names = find_weight_classes(model, exclude=["fc_out"])
+    assert {c: list(ts) for c, ts in tensors.items()} == names
+    params = dict(model.named_parameters())
+    for ts in tensors.values():
+        for n, t in ts.items():
+            assert not t.requires_grad and t.data_ptr() == params[n].data_ptr()
+    tensors["src_embed"]["encoder.embed_tokens.weight"].zero_()  # writes reach the model
+    assert not model.encoder.embed_tokens.weight.any()
 
 
 def test_fairseq_lstm_classes(tiny_data_bin):
@@ -60,8 +81,7 @@ def test_transformer_classes_tied_output_counted_once(tiny_data_bin):
     assert "decoder.output_projection.weight" not in names  # tied to decoder.embed_tokens
     assert not any("layer_norm" in n for n in names)
     params = dict(model.named_parameters())
-    tensors = {c: {n: params[n].data for n in ns} for c, ns in classes.items()}
-    masks = MaskSet(compute_masks(tensors, "class-blind", 0.5).masks)
+    masks = MaskSet(compute_masks(class_tensors(model), "class-blind", 0.5).masks)
     masks.apply_(model)
     out = model.decoder.output_projection.weight
     assert torch.equal(out == 0, ~masks.masks["decoder.embed_tokens.weight"])

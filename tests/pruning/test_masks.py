@@ -1,9 +1,12 @@
 """Masks survive optimizer steps (Adam with weight decay, SGD with momentum, clipping)."""
+import math
+
+import pytest
 import torch
 from torch import nn
 
-from fairseq_efficiency.pruning.classes import find_weight_classes
-from fairseq_efficiency.pruning.masks import MaskSet
+from fairseq_efficiency.pruning.classes import class_tensors
+from fairseq_efficiency.pruning.masks import MaskSet, pack_bits, unpack_bits
 from fairseq_efficiency.pruning.schemes import compute_masks
 
 
@@ -28,10 +31,7 @@ def loss_of(model, seed):
 
 
 def prune(model, ratio=0.7):
-    classes = find_weight_classes(model)
-    params = dict(model.named_parameters())
-    masks = MaskSet(compute_masks({c: {n: params[n].data for n in ns} for c, ns in classes.items()},
-                                  "class-blind", ratio).masks)
+    masks = MaskSet(compute_masks(class_tensors(model), "class-blind", ratio).masks)
     masks.apply_(model)
     return masks
 
@@ -57,13 +57,6 @@ def assert_pruned_zero(model, masks, opt=None):
             for v in opt.state[params[n]].values():
                 if torch.is_tensor(v) and v.shape == m.shape:
                     assert torch.count_nonzero(v[~m]) == 0, n
-
-
-def test_classes_of_a_torch_lstm_model():
-    classes = find_weight_classes(Toy(), split_lstm=True)
-    assert list(classes) == ["src_embed", "src_layer1_ff", "src_layer1_rec", "src_layer2_ff",
-                             "src_layer2_rec", "softmax"]
-    assert all("bias" not in n for ns in classes.values() for n in ns)
 
 
 def test_adam_with_weight_decay_keeps_pruned_weights_zero():
@@ -159,3 +152,13 @@ def test_fairseq_fp16_optimizer_flat_fp32_masters_keep_zeros(monkeypatch):
                 assert torch.count_nonzero(t[off:off + p.numel()][~m]) == 0, n
             assert torch.count_nonzero(flat.data[off:off + p.numel()][m]) > 0
         off += p.numel()
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 1000, 1001])
+def test_bit_packing_roundtrip(numel):
+    m = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.3
+    packed = pack_bits(m)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(numel / 8)
+    assert torch.equal(unpack_bits(packed, numel), m)
+    ms = MaskSet({"w": m.reshape(-1, 1)})
+    assert torch.equal(MaskSet.from_state_dict(ms.state_dict()).masks["w"], ms.masks["w"])

@@ -12,7 +12,7 @@ from fairseq.trainer import Trainer
 import fairseq_efficiency  # noqa: F401  (allow-lists checkpoint types)
 from fairseq_efficiency import checkpoint_state
 from fairseq_efficiency.hooks import EfficiencyHook
-from fairseq_efficiency.pruning.checkpoint import prune_checkpoint
+from fairseq_efficiency.pruning.offline import prune_checkpoint
 from fairseq_efficiency.pruning.hook import MaskSourceError, hook_state_from_checkpoint
 from fairseq_efficiency.pruning.masks import MaskSet
 from tests.helpers import assert_one_line_error, run_cli, train_args

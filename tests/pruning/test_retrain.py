@@ -131,3 +131,26 @@ def test_gradual_pruning_retrains_after_the_last_event():
     # began) from the last event at update 20: halvings at 2.5, 3.125, 3.75, 4.375
     assert opt.seen[:20] == [0.01] * 20
     assert opt.seen[20:] == pytest.approx([0.02, 0.02, 0.02, 0.01, 0.0025, 0.00125])
+
+
+def test_a_ratio_that_prunes_nothing_gives_the_dense_control_the_same_recipe():
+    """benchmarks/specs/pruning.toml's control: ``--prune-ratio 1e-9`` prunes no weight
+    (round(1e-9 * N) = 0) and retrains with the same learning rates as the pruned runs."""
+    rates = {}
+    for ratio in (1e-9, 0.8):
+        torch.manual_seed(0)
+        model = Toy()
+        dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+        hook = PruningHook(PruningConfig(prune_ratio=ratio, prune_at_update=0,
+                                         prune_retrain_updates=8))
+        hook.on_model_built(model)
+        opt = CfgOptimizer(model.parameters(), lr=0.2, configured=0.2)
+        hook.before_train_step(None, model, 0)
+        if ratio < 1e-6:
+            assert hook.masks.sparsity() == 0.0
+            params = dict(model.named_parameters())
+            assert all(torch.equal(params[n].detach(), dense[n]) for n in dense)
+        run(hook, model, opt, 10)
+        rates[ratio] = opt.seen
+    assert rates[1e-9] == rates[0.8] == pytest.approx([0.1] * 4 + [0.05, 0.025, 0.0125,
+                                                                  0.00625, 0.00625, 0.00625])

@@ -1,12 +1,11 @@
-"""Pure-torch tests of the pruning schemes, masks and schedule (no fairseq)."""
-import math
-
+"""Pure-torch tests of the pruning schemes (no fairseq)."""
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import prune
 
-from fairseq_efficiency.pruning.masks import MaskSet, pack_bits, unpack_bits
-from fairseq_efficiency.pruning.schedule import pruning_schedule
-from fairseq_efficiency.pruning.schemes import compute_masks
+from fairseq_efficiency.pruning.schemes import (LAMP, SCHEMES, ClassBlind, ClassDistribution,
+                                                ClassUniform, compute_masks, make_scheme)
 
 
 def toy_classes(seed=0):
@@ -103,22 +102,78 @@ def test_unknown_scheme_rejected():
         compute_masks(toy_classes(), "random", 0.5)
 
 
-@pytest.mark.parametrize("numel", [1, 7, 8, 9, 1000, 1001])
-def test_bit_packing_roundtrip(numel):
-    m = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.3
-    packed = pack_bits(m)
-    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(numel / 8)
-    assert torch.equal(unpack_bits(packed, numel), m)
-    ms = MaskSet({"w": m.reshape(-1, 1)})
-    assert torch.equal(MaskSet.from_state_dict(ms.state_dict()).masks["w"], ms.masks["w"])
+# -- compute_mask(t, default_mask) of each scheme object: one tensor as a class of its own --
+
+def test_class_blind_compute_mask_counts_earlier_pruning_in_the_budget():
+    t = torch.tensor([[0.3, -0.1], [2.0, -0.05]])
+    assert ClassBlind(0.5).compute_mask(t, torch.ones_like(t)).tolist() == [[1, 0], [1, 0]]
+    # 2.0 was pruned before: it counts as a zero and stays pruned; k = 2 takes it and -0.05
+    before = torch.tensor([[True, True], [False, True]])
+    assert ClassBlind(0.5).compute_mask(t, before).tolist() == [[True, True], [False, False]]
+    assert ClassBlind(0.0).compute_mask(t, before).tolist() == before.tolist()
 
 
-def test_cubic_schedule_reaches_target_with_absolute_fractions():
-    sched = pruning_schedule(0.8, at_update=100, steps=4, end_update=400)
-    assert [u for u, _ in sched] == [100, 200, 300, 400]
-    fr = [r for _, r in sched]
-    assert fr == pytest.approx([0.8 * (1 - (1 - j / 4) ** 3) for j in range(1, 5)])
-    assert fr[-1] == pytest.approx(0.8) and all(a < b for a, b in zip(fr, fr[1:]))
-    assert pruning_schedule(0.5, 7) == [(7, 0.5)]
-    with pytest.raises(ValueError, match="--prune-end-update"):
-        pruning_schedule(0.5, 10, steps=3, end_update=10)
+def test_class_uniform_compute_mask_prunes_ties_at_the_threshold():
+    t = torch.tensor([0.0, 0.0, 0.0, 1.0, -2.0, 3.0])
+    # k = 1, the threshold is 0: all three zeros go
+    assert ClassUniform(1 / 6).compute_mask(t, torch.ones(6)).tolist() == [0, 0, 0, 1, 1, 1]
+    assert ClassUniform(0.5).compute_mask(t, torch.ones(6)).tolist() == [0, 0, 0, 1, 1, 1]
+    assert ClassUniform(4 / 6).compute_mask(t, torch.ones(6)).tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_class_distribution_scores_are_magnitudes_over_the_surviving_std():
+    w = torch.tensor([1.0, -1.0, 3.0, -3.0])
+    mags = {"w": w.abs()}
+    scores, unit = ClassDistribution(0.5).importance({"w": w}, mags, False)
+    assert unit == pytest.approx(5 ** 0.5)  # population std of (1, -1, 3, -3)
+    assert torch.allclose(scores["w"], w.abs() / 5 ** 0.5)
+    # after an earlier event, sigma is over the surviving weights only
+    gone = {"w": torch.tensor([0.0, 0.0, 3.0, 3.0])}
+    scores, unit = ClassDistribution(0.5).importance({"w": w * (gone["w"] > 0)}, gone, True)
+    assert unit == pytest.approx(3.0) and torch.allclose(scores["w"], gone["w"] / 3)
+    # within one tensor the ranking is the magnitude ranking; the report shows lambda * sigma
+    t = torch.tensor([0.5, -4.0, 2.0, 1.0])
+    assert ClassDistribution(0.5).compute_mask(t, torch.ones(4)).tolist() == [0, 1, 1, 0]
+    res = ClassDistribution(0.5).compute_masks({"c": {"t": t}})
+    assert res.thresholds["c"] == pytest.approx(1.0)  # the largest pruned |w|
+
+
+def test_lamp_compute_mask_never_empties_the_tensor():
+    t = torch.tensor([3.0, -1.0, 2.0, 0.5])  # LAMP scores 1, 1/14, 4/13, 1/57
+    assert LAMP(0.5).compute_mask(t, torch.ones(4)).tolist() == [1, 0, 1, 0]
+    # k = 4 puts the threshold at the top score 1: LAMP keeps the largest, class-blind nothing
+    assert LAMP(0.9).compute_mask(t, torch.ones(4)).tolist() == [1, 0, 0, 0]
+    assert ClassBlind(0.9).compute_mask(t, torch.ones(4)).tolist() == [0, 0, 0, 0]
+    # an all-zero tensor stays pruned
+    assert LAMP(0.9).compute_mask(torch.zeros(3), torch.ones(3)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_scheme_objects_plug_into_torch_prune(scheme):
+    """torch.nn.utils.prune drives the objects: ``apply`` on one tensor, ``global_unstructured``
+    over several (one flat class, so one threshold for every scheme but LAMP)."""
+    cls = type(make_scheme(scheme, 0.5))
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 5)
+    w = lin.weight.detach().clone()
+    cls.apply(lin, "weight", amount=0.6)
+    assert torch.equal(lin.weight_mask, cls(0.6).compute_mask(w, torch.ones_like(w)))
+    assert int((lin.weight == 0).sum()) == 18
+    prune.remove(lin, "weight")
+    if scheme == "lamp":
+        return
+    a, b = nn.Linear(8, 4), nn.Linear(4, 3)
+    w = {"a": a.weight.detach().clone(), "b": b.weight.detach().clone()}
+    prune.global_unstructured([(a, "weight"), (b, "weight")], pruning_method=cls, amount=0.7)
+    ours = ClassBlind(0.7).compute_masks({"all": w}).masks
+    assert torch.equal(a.weight_mask.bool(), ours["a"])
+    assert torch.equal(b.weight_mask.bool(), ours["b"])
+
+
+def test_make_scheme_validates_like_the_flags():
+    assert isinstance(make_scheme("lamp", 0.8, 0.9), LAMP)
+    assert repr(make_scheme("class-blind", 0.5)) == "ClassBlind(amount=0.5, max_class_ratio=1.0)"
+    with pytest.raises(ValueError, match="unknown pruning scheme"):
+        make_scheme("random", 0.5)
+    with pytest.raises(ValueError, match="below the pruning ratio"):
+        ClassDistribution(0.8, max_class_ratio=0.5)
