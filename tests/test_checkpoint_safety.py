@@ -127,7 +127,7 @@ def test_fairseq_eval_is_literal_only(hostile, tmp_path):
 def test_plugin_list_options_are_literals(tiny_data_bin):
     from fairseq_efficiency.compat import literal_list
     from fairseq_efficiency.parallel.hook import build
-    from tests.parallel.test_fairseq_model import _cfg
+    from tests.parallel.test_hybrid_lstm import _cfg
 
     assert literal_list("[1, 1]", "--x") == [1, 1] and literal_list("2", "--x") == [2]
     assert literal_list(None, "--x") is None
@@ -144,7 +144,7 @@ def test_plugin_list_options_are_literals(tiny_data_bin):
 def test_hybrid_balance_must_match_layers_in_one_process(tiny_data_bin, balance):
     from fairseq import tasks
 
-    from tests.parallel.test_fairseq_model import _cfg
+    from tests.parallel.test_hybrid_lstm import _cfg
 
     cfg = _cfg(tiny_data_bin, "--pipeline-encoder-balance", balance,
                "--pipeline-decoder-balance", balance, "--pipeline-chunks", "2")

@@ -1,5 +1,4 @@
 """meSimp: physical removal, unchanged outputs for dead units, optimizer state, resized loading."""
-
 import pytest
 import torch
 import torch.nn as nn
