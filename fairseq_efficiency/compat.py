@@ -57,13 +57,11 @@ import tempfile
 import numpy as np
 import torch
 
+from fairseq_efficiency.errors import CheckpointError, install_excepthook
+
 logger = logging.getLogger(__name__)
 
 _INSTALLED = False
-
-
-class CheckpointError(ValueError):
-    """A one-line user-facing refusal of a checkpoint or config value."""
 
 
 class UnsafeValueError(CheckpointError):
@@ -388,17 +386,6 @@ def install_checkpoint_shims():
     checkpoint_utils.load_checkpoint = load_checkpoint
 
 
-def _one_line_excepthook(prev):
-    def hook(exc_type, exc, tb):
-        if isinstance(exc, CheckpointError):
-            prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fairseq"
-            sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
-            return
-        prev(exc_type, exc, tb)
-    hook.one_line_checkpoint_errors = True
-    return hook
-
-
 def checkpoint_safe_globals():
     """The non-tensor types found in fairseq (and plugin) checkpoints."""
     types = [
@@ -452,6 +439,5 @@ def install():
             dist_utils._broadcast_object_slow = _broadcast_object_slow
     _patch_fairseq_eval()
     install_checkpoint_shims()
-    if not getattr(sys.excepthook, "one_line_checkpoint_errors", False):
-        sys.excepthook = _one_line_excepthook(sys.excepthook)
+    install_excepthook()  # refusals raised inside fairseq's code: one line, status 2
     _INSTALLED = True

@@ -1,13 +1,19 @@
 """User errors of the plugin: one line in fairseq's command lines, tracebacks for bugs.
 
 Every check of a user-supplied option or file raises :class:`PluginConfigError`
-(a ``ValueError``, so library callers catch it as before). The places where
-fairseq calls into the plugin (task set-up, model and criterion building, the
-hook calls) are wrapped in :func:`user_errors`: inside a fairseq command
-(``fairseq-train``, ``fairseq-generate``, ...) such an error is logged as one
-line, ``fairseq-efficiency: <message>``, and the process exits with status 2,
-argparse's status for bad arguments (:func:`_exit`). Any other exception keeps its
-traceback.
+(a ``ValueError``, so library callers catch it as before); a checkpoint, or a
+config value inside one, that is refused or unreadable raises its subclass
+:class:`CheckpointError`. Inside a fairseq command (``fairseq-train``,
+``fairseq-generate``, ...) either one ends the process the same way
+(:func:`exit_on_user_error`): one logged line ``fairseq-efficiency: <message>``
+and exit status :data:`USER_ERROR_STATUS` (2, argparse's status for bad
+arguments). Any other exception keeps its traceback (Python's status 1).
+
+It gets there by one of two doors: the places where fairseq calls into the plugin
+(task set-up, model and criterion building, the hook calls) are wrapped in
+:class:`user_errors`, and an error raised inside fairseq's own code (a checkpoint
+refused while fairseq reads it) that nothing catches reaches the
+:func:`install_excepthook` hook.
 """
 import contextlib
 import logging
@@ -18,8 +24,17 @@ import threading
 logger = logging.getLogger(__name__)
 
 
+#: exit status of a fairseq command ended by a user error
+USER_ERROR_STATUS = 2
+
+
 class PluginConfigError(ValueError):
     """An invalid option, option combination or input file of the plugin."""
+
+
+class CheckpointError(PluginConfigError):
+    """A checkpoint, or a config value read from one or given as an option, refused as
+    unsafe or unreadable."""
 
 
 def fairseq_command_line() -> bool:
@@ -43,15 +58,36 @@ def _exit(status):
     raise SystemExit(status) from None
 
 
+def exit_on_user_error(exc):
+    """Inside a fairseq command, end the process for the user error ``exc``: one logged
+    line, exit status :data:`USER_ERROR_STATUS`. Returns (doing nothing) otherwise."""
+    if isinstance(exc, PluginConfigError) and fairseq_command_line():
+        logger.error("fairseq-efficiency: %s", " ".join(str(exc).split()))
+        _exit(USER_ERROR_STATUS)
+
+
 class user_errors(contextlib.ContextDecorator):
     """Decorator/context manager at the plugin's edge: a :class:`PluginConfigError` that
-    reaches it inside a fairseq command becomes one logged line and exit status 2."""
+    reaches it inside a fairseq command ends it (:func:`exit_on_user_error`)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if isinstance(exc, PluginConfigError) and fairseq_command_line():
-            logger.error("fairseq-efficiency: %s", " ".join(str(exc).split()))
-            _exit(2)
+        exit_on_user_error(exc)
         return False
+
+
+def install_excepthook():
+    """Idempotently route user errors that nothing caught through :func:`exit_on_user_error`
+    (``sys.excepthook``; a ``SystemExit`` raised there sets the exit status)."""
+    prev = sys.excepthook
+    if getattr(prev, "fairseq_efficiency_user_errors", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        exit_on_user_error(exc)
+        prev(exc_type, exc, tb)
+
+    hook.fairseq_efficiency_user_errors = True
+    sys.excepthook = hook

@@ -25,7 +25,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_efficiency import checkpoint_state
-from fairseq_efficiency.criterions import SENTENCE_LOSS, SENTENCE_NTOKENS
+from fairseq_efficiency.criterions import SENTENCE_LOSS
 from fairseq_efficiency.errors import PluginConfigError, user_errors
 from fairseq_efficiency.hooks import HookList, StepOutput
 from fairseq_efficiency.techniques import (build_hooks, build_restoring_hooks, config_classes,
@@ -54,6 +54,7 @@ class TranslationEfficiencyTask(TranslationTask):
         self._train_splits = set()
         self._state_restored = False  # fairseq handed us the restore file's task state
         self._kept_state_checked = False
+        self._training = True  # whether the last step fairseq ran was a training step
         for hook in self.hooks:
             hook.setup(self)
         if self.hooks:
@@ -132,6 +133,7 @@ class TranslationEfficiencyTask(TranslationTask):
         self.hooks.call("on_valid_epoch_start", epoch, model)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._training = True
         if not self.hooks:
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
         self.hooks.call("before_train_step", sample, model, update_num)
@@ -142,7 +144,7 @@ class TranslationEfficiencyTask(TranslationTask):
             sample=sample,
             ids=sample["id"],
             sentence_loss=logging_output.pop(SENTENCE_LOSS, None),
-            sentence_ntokens=logging_output.pop(SENTENCE_NTOKENS, None),
+            model=model,
             loss=loss,
             sample_size=sample_size,
             update_num=update_num,
@@ -152,9 +154,9 @@ class TranslationEfficiencyTask(TranslationTask):
         return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion):
+        self._training = False
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         logging_output.pop(SENTENCE_LOSS, None)
-        logging_output.pop(SENTENCE_NTOKENS, None)
         return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num):
@@ -163,8 +165,9 @@ class TranslationEfficiencyTask(TranslationTask):
         self.hooks.call("after_optimizer_step", model, optimizer, update_num)
 
     def reduce_metrics(self, logging_outputs, criterion):
+        # fairseq's trainer reduces right after the train or valid step that made them
         super().reduce_metrics(logging_outputs, criterion)
-        self.hooks.call("reduce_metrics", logging_outputs)
+        self.hooks.call("reduce_metrics", logging_outputs, train=self._training)
 
     # -- checkpoints: fairseq's task checkpoint API ---------------------------------------
     def get_checkpoint_dict(self):

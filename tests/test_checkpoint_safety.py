@@ -8,7 +8,7 @@ import torch
 
 import fairseq_efficiency  # noqa: F401  (installs the shims under test)
 from fairseq_efficiency.cli.userdir import userdir
-from tests.helpers import run_cli, train_args
+from tests.helpers import assert_one_line_error, run_cli, train_args
 from tests.parallel.test_cli import _args as hybrid_args
 
 
@@ -17,11 +17,12 @@ def payload(marker):
 
 
 def one_line_error(res, *needles):
-    """rc != 0, stderr ends in one line holding every needle, no traceback."""
-    assert res.returncode != 0, res.stdout[-2000:]
-    lines = res.stderr.strip().splitlines()
-    assert lines and all(n in lines[-1] for n in needles), res.stderr[-3000:]
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    """The plugin's user-error exit (status 2, one ``fairseq-efficiency:`` line, no
+    traceback), the line holding every needle."""
+    assert_one_line_error(res, needles[0])
+    line = next(line for line in (res.stdout + res.stderr).splitlines()
+                if "fairseq-efficiency:" in line)
+    assert all(n in line for n in needles), line
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_fairseq_eval_is_literal_only(hostile, tmp_path):
 def test_plugin_list_options_are_literals(tiny_data_bin):
     from fairseq_efficiency.compat import literal_list
     from fairseq_efficiency.parallel.hook import build
-    from tests.parallel.test_fairseq_model import _cfg
+    from tests.parallel.test_hybrid_lstm import _cfg
 
     assert literal_list("[1, 1]", "--x") == [1, 1] and literal_list("2", "--x") == [2]
     assert literal_list(None, "--x") is None
@@ -143,7 +144,7 @@ def test_plugin_list_options_are_literals(tiny_data_bin):
 def test_hybrid_balance_must_match_layers_in_one_process(tiny_data_bin, balance):
     from fairseq import tasks
 
-    from tests.parallel.test_fairseq_model import _cfg
+    from tests.parallel.test_hybrid_lstm import _cfg
 
     cfg = _cfg(tiny_data_bin, "--pipeline-encoder-balance", balance,
                "--pipeline-decoder-balance", balance, "--pipeline-chunks", "2")

@@ -1,11 +1,12 @@
 """PluginConfigError: one logged line and status 2 inside fairseq commands, an exception elsewhere."""
 import logging
+import subprocess
 import sys
 
 import pytest
 
 from fairseq_efficiency import errors
-from fairseq_efficiency.errors import PluginConfigError, user_errors
+from fairseq_efficiency.errors import CheckpointError, PluginConfigError, user_errors
 
 
 @user_errors()
@@ -34,3 +35,31 @@ def test_user_error_is_an_exception_for_library_callers(monkeypatch):
         monkeypatch.setattr(sys, "argv", [prog])
         with pytest.raises(ValueError, match="--x"):
             _fail(PluginConfigError("--x"))
+
+
+def test_uncaught_user_errors_end_a_fairseq_command_the_same_way(tmp_path):
+    """An error raised inside fairseq's own code (a refused checkpoint) that nothing catches:
+    the same one line and status as at the plugin's edge; bugs keep traceback and status 1."""
+    script = tmp_path / "fairseq-generate"
+    script.write_text(  # errors.py alone (no torch/fairseq import: fast)
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('errors', {errors.__file__!r})\n"
+        "e = importlib.util.module_from_spec(spec); spec.loader.exec_module(e)\n"
+        "e.install_excepthook(); e.install_excepthook()\n"
+        "kind = sys.argv[1]\n"
+        "raise {'checkpoint': e.CheckpointError, 'option': e.PluginConfigError,\n"
+        "       'bug': RuntimeError}[kind](kind + ' is refused,\\n  badly')\n")
+    for kind in ("checkpoint", "option", "bug"):
+        res = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True)
+        out = res.stdout + res.stderr
+        if kind == "bug":
+            assert res.returncode == 1 and "Traceback" in out
+            continue
+        assert res.returncode == errors.USER_ERROR_STATUS == 2, out
+        assert "Traceback" not in out
+        lines = [line for line in out.splitlines() if kind in line]
+        assert len(lines) == 1 and lines[0].endswith(f"fairseq-efficiency: {kind} is refused, badly")
+
+
+def test_checkpoint_errors_are_user_errors():
+    assert issubclass(CheckpointError, PluginConfigError) and issubclass(CheckpointError, ValueError)

@@ -73,7 +73,7 @@ class Recorder(EfficiencyHook):
     needs_sentence_losses = True
 
     def __init__(self):
-        self.calls, self.steps, self.losses = [], 0, []
+        self.calls, self.steps, self.losses, self.models, self.reduced = [], 0, [], [], []
 
     def on_model_built(self, model):
         self.calls.append("on_model_built")
@@ -87,7 +87,8 @@ class Recorder(EfficiencyHook):
     def after_train_step(self, out):
         self.calls.append("after_train_step")
         self.steps += 1
-        self.losses.append((out.ids.clone(), out.sentence_loss.clone(), out.sentence_ntokens.clone()))
+        self.losses.append((out.ids.clone(), out.sentence_loss.clone()))
+        self.models.append(out.model)
 
     def before_optimizer_step(self, model, optimizer, update_num):
         # gradients are final here: the hook may read or edit them
@@ -96,6 +97,9 @@ class Recorder(EfficiencyHook):
 
     def after_optimizer_step(self, model, optimizer, update_num):
         self.calls.append("after_optimizer_step")
+
+    def reduce_metrics(self, logging_outputs, train):
+        self.reduced.append(train)
 
     def state_dict(self):
         return {"steps": self.steps}
@@ -117,20 +121,26 @@ def test_hook_protocol_and_checkpoint_state(tiny_data_bin, tmp_path):
     assert rec.calls[-4:] == ["before_train_step", "after_train_step",
                               "before_optimizer_step", "after_optimizer_step"]
     assert "on_epoch_start:1" in rec.calls and rec.steps == 3
+    assert rec.models == [trainer.model] * 3 and rec.reduced == [True] * 3
 
-    ids, sent_loss, ntok = rec.losses[-1]
-    assert sent_loss.shape == ids.shape == ntok.shape and (sent_loss > 0).all()
+    ids, sent_loss = rec.losses[-1]
+    assert sent_loss.shape == ids.shape and (sent_loss > 0).all()
+    # validation batches are reduced with train=False
+    trainer.valid_step(next(iter(trainer.get_valid_iterator("valid").next_epoch_itr())))
+    assert rec.reduced == [True] * 3 + [False]
+    trainer.train_step([sample])
+    assert rec.reduced[-1] is True
 
     # the hook state is saved through fairseq's checkpoint code and restored on resume
     os.makedirs(cfg.checkpoint.save_dir, exist_ok=True)
     checkpoint_utils.save_checkpoint(cfg.checkpoint, trainer, epoch_itr, None)
     state = torch.load(os.path.join(cfg.checkpoint.save_dir, "checkpoint_last.pt"), weights_only=True)
-    assert state["extra_state"]["TranslationEfficiencyTask"]["hooks"]["recorder"] == {"steps": 3}
+    assert state["extra_state"]["TranslationEfficiencyTask"]["hooks"]["recorder"] == {"steps": 4}
     _, task2, trainer2 = build(tiny_data_bin, tmp_path, "translation_efficiency")
     rec2 = Recorder()
     task2.hooks = HookList([rec2])
     checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer2)
-    assert rec2.steps == 3
+    assert rec2.steps == 4
 
 
 

@@ -65,8 +65,6 @@ class InstanceSelectionHook(EfficiencyHook):
         self.update_num = 0
         self._gathered = None
         self._gathered_at = None
-        self._pending_state = None
-        self._in_valid = False
         self.restored_from = None  # fingerprint of the Assistant this run resumed from
         # label smoothing of the per-sentence losses the criterion reports to this hook
         self.sentence_loss_smoothing = float(getattr(cfg, "assist_loss_smoothing", 0.0))
@@ -156,13 +154,8 @@ class InstanceSelectionHook(EfficiencyHook):
     def train_batch_iterator(self, task, dataset, **kwargs):
         if self.worker is None:
             self._build(task, dataset, kwargs)
-            if self._pending_state is not None:
-                self.load_state_dict(self._pending_state)
         self.itr = ShrinkingEpochBatchIterator(self.worker, kwargs.get("epoch", 1),
                                                self._plan_epoch, self.first_batch)
-        if self._pending_state is not None:
-            self._restore_plan(self._pending_state)
-            self._pending_state = None
         return self.itr
 
     def _plan_epoch(self, epoch):
@@ -183,7 +176,6 @@ class InstanceSelectionHook(EfficiencyHook):
 
     # -- training loop ------------------------------------------------------------------
     def before_train_step(self, sample, model, update_num):
-        self._in_valid = False
         if self.worker is not None:
             self.worker.selector.set_update(update_num)
 
@@ -197,15 +189,14 @@ class InstanceSelectionHook(EfficiencyHook):
             self.worker.put_losses(ids, out.sentence_loss.detach().float().cpu().numpy())
 
     def on_valid_epoch_start(self, epoch, model):
-        self._in_valid = True
         if self.worker is not None and self.world > 1:
             self._gathered = _all_gather(self._snapshot(), self.world)
             self._gathered_at = self.update_num
 
-    def reduce_metrics(self, logging_outputs):
+    def reduce_metrics(self, logging_outputs, train):
         from fairseq.logging import metrics
 
-        if self.worker is None or self._in_valid:
+        if self.worker is None or not train:
             return
         self.worker.check()
         c = dict(self.worker.counters)
@@ -254,16 +245,11 @@ class InstanceSelectionHook(EfficiencyHook):
                     self.fingerprint())
         return {"selection": self.selection, "world_size": self.world, "ranks": ranks}
 
-    def _restore_plan(self, state):
-        mine = state["ranks"][self.rank]
-        for e, nb in mine["num_batches"].items():
-            self.itr.set_num_batches(int(e), nb)
+    def ready_for_state(self):
+        return self.itr is not None  # the worker and the iterator it restores exist
 
     def load_state_dict(self, state):
         if not state:
-            return
-        if self.worker is None:
-            self._pending_state = state
             return
         if state["selection"] != self.selection:
             raise PluginConfigError(f"the checkpoint was trained with --instance-selection "
@@ -275,8 +261,8 @@ class InstanceSelectionHook(EfficiencyHook):
         self.worker.restore(mine["worker"])
         self.boss_tokens = mine["boss_tokens"]
         self.restored_from = self.fingerprint()
-        if self.itr is not None:
-            self._restore_plan(state)
+        for e, nb in mine["num_batches"].items():  # the epoch plans, N_e
+            self.itr.set_num_batches(int(e), nb)
         logger.info("%s: restored worker %d state, Assistant %s", self.selection, self.rank,
                     self.fingerprint())
 

@@ -1,7 +1,6 @@
 """Criteria registered by the plugin."""
 from fairseq_efficiency.criterions.sentence_cross_entropy import (  # noqa: F401
     SENTENCE_LOSS,
-    SENTENCE_NTOKENS,
     SentenceCrossEntropyCriterion,
     sentence_nll,
 )

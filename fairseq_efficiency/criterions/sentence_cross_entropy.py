@@ -16,23 +16,21 @@ fairseq's ``label_smoothed_nll_loss`` per token summed over the reference and
 divided by its length -- the AutoAssist authors' per-sentence signal (eps = 0.1).
 
 The reduced loss, sample size and logging outputs are exactly those of
-fairseq's ``label_smoothed_cross_entropy`` (bitwise: the same tensors are
-summed); the per-sentence values are computed from detached log-probs with one
-gather, and only when the task asks for them.
+fairseq's ``label_smoothed_cross_entropy``: this class only extends its
+documented extension point ``get_lprobs_and_target`` (the per-sentence values
+come from the same detached log-probs, with one gather, and only when the task
+asks for them) and adds them to ``forward``'s logging output.
 """
 from dataclasses import dataclass
 
 import torch
-from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
-    label_smoothed_nll_loss,
 )
 
 SENTENCE_LOSS = "_sentence_loss"
-SENTENCE_NTOKENS = "_sentence_ntokens"
 
 
 @dataclass
@@ -45,9 +43,9 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     """``label_smoothed_cross_entropy`` + per-sentence token-mean NLL.
 
     Set ``report_sentence_loss = True`` (the ``translation_efficiency`` task
-    does so when an enabled feature needs it) to get ``_sentence_loss`` and
-    ``_sentence_ntokens`` tensors, aligned with ``sample["id"]``, in the
-    logging output. The task removes them before fairseq aggregates metrics.
+    does so when an enabled feature needs it) to get a ``_sentence_loss``
+    tensor, aligned with ``sample["id"]``, in the logging output. The task
+    removes it before fairseq aggregates metrics.
     """
 
     supports_sentence_loss = True
@@ -57,37 +55,27 @@ class SentenceCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.report_sentence_loss = False
         self.sentence_loss_smoothing = 0.0  # eps of the per-sentence loss (0: NLL)
+        self._sentence_loss = None  # of the batch being scored
 
     def forward(self, model, sample, reduce=True):
-        # score() is fairseq's forward on ``net_output`` (+ the per-sentence losses when asked)
-        return self.score(model, model(**sample["net_input"]), sample, reduce=reduce)
-
-    def score(self, model, net_output, sample, reduce=True):
-        """Loss, sample size and logging output of ``net_output`` (fairseq's fields, plus the
-        per-sentence losses when ``report_sentence_loss`` is set)."""
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        loss, nll_loss = label_smoothed_nll_loss(
-            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
-        )
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
-        if self.report_accuracy:
-            n_correct, total = self.compute_accuracy(model, net_output, sample)
-            logging_output["n_correct"] = utils.item(n_correct.data)
-            logging_output["total"] = utils.item(total.data)
-        if self.report_sentence_loss:
-            sent_loss, sent_ntok = sentence_nll(lprobs.detach(), target, self.padding_idx,
-                                                sample["target"].size(0),
-                                                self.sentence_loss_smoothing)
-            logging_output[SENTENCE_LOSS] = sent_loss
-            logging_output[SENTENCE_NTOKENS] = sent_ntok
+        """fairseq's ``forward``, plus ``_sentence_loss`` when ``report_sentence_loss``."""
+        self._sentence_loss = None
+        try:
+            loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
+            if self._sentence_loss is not None:
+                logging_output[SENTENCE_LOSS] = self._sentence_loss
+        finally:
+            self._sentence_loss = None
         return loss, sample_size, logging_output
+
+    def get_lprobs_and_target(self, model, net_output, sample):
+        lprobs, target = super().get_lprobs_and_target(model, net_output, sample)
+        # the loss asks first; accuracy (--report-accuracy) asks again for the same batch
+        if self.report_sentence_loss and self._sentence_loss is None:
+            self._sentence_loss, _ = sentence_nll(lprobs.detach(), target, self.padding_idx,
+                                                  sample["target"].size(0),
+                                                  self.sentence_loss_smoothing)
+        return lprobs, target
 
 
 def sentence_nll(lprobs, target, padding_idx, bsz, epsilon=0.0):

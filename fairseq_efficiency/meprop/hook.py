@@ -23,6 +23,7 @@ from fairseq.logging import metrics
 from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.meprop.mesimp import MeSimp, reset_optimizer_state
+from fairseq_efficiency.meprop.topk import MePropLayer
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class MeSimpHook(EfficiencyHook):
     """Runs :class:`~fairseq_efficiency.meprop.MeSimp` on the task's model."""
 
     name = "mesimp"
+    changes_shapes = "meSimp (--mesimp-interval)"
 
     def __init__(self, cfg):
         self.interval = cfg.mesimp_interval
@@ -63,7 +65,6 @@ class MeSimpHook(EfficiencyHook):
         self.mesimp = None
         self.simplifying = True
         self.reset_pending = False
-        self._pending_state = None
 
     def on_model_built(self, model):
         groups = model.mesimp_groups() if hasattr(model, "mesimp_groups") else []
@@ -74,11 +75,9 @@ class MeSimpHook(EfficiencyHook):
         # simplification remove more units (a layer then collapses to a handful); with k fixed,
         # a layer stops shrinking at k units, where its top-k is the whole layer
         for module in model.modules():
-            if isinstance(getattr(module, "k", None), float) and hasattr(module, "k_eff"):
-                module.k = int(module.k_eff)
+            if isinstance(module, MePropLayer):
+                module.fix_k()
         self.mesimp = MeSimp(groups, self.interval, self.prune_rate)
-        if self._pending_state is not None:
-            self.mesimp.load_state_dict(self._pending_state)
         logger.info("meSimp: interval %d, prune rate %g, initial sizes %s", self.interval,
                     self.prune_rate, self.mesimp.sizes())
 
@@ -109,7 +108,7 @@ class MeSimpHook(EfficiencyHook):
             raise PluginConfigError("meSimp does not support --fp16/--bf16 (flattened fp32 copies)")
         self.mesimp.step(optimizer)
 
-    def reduce_metrics(self, logging_outputs):
+    def reduce_metrics(self, logging_outputs, train):
         if self.mesimp is not None:
             metrics.log_scalar("mesimp_units", sum(self.mesimp.sizes().values()), weight=0,
                                round=0)
@@ -118,13 +117,13 @@ class MeSimpHook(EfficiencyHook):
         return {"mesimp": self.mesimp.state_dict() if self.mesimp else None,
                 "reset_pending": self.reset_pending}
 
+    def ready_for_state(self):
+        return self.mesimp is not None  # the model's prunable groups are known
+
     def load_state_dict(self, state):
         self.reset_pending = state.get("reset_pending", False)
         if state.get("mesimp") is not None:
-            if self.mesimp is not None:
-                self.mesimp.load_state_dict(state["mesimp"])
-            else:
-                self._pending_state = state["mesimp"]
+            self.mesimp.load_state_dict(state["mesimp"])
 
 
 def build(cfg):

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from fairseq_efficiency.meprop.topk import (
-    _init_meprop, abs_batch_sum, accumulate_rows, autocast_like, autocast_state, resolve_k,
+    MePropLayer, _init_meprop, abs_batch_sum, accumulate_rows, autocast_like, autocast_state,
 )
 
 
@@ -125,7 +125,7 @@ class MePropLSTMCellFunction(torch.autograd.Function):
         return dx, dh_prev, dc_prev, grad_w_ih, grad_w_hh, grad_b, None, None, None, None
 
 
-class MePropLSTMCell(nn.Module):
+class MePropLSTMCell(MePropLayer, nn.Module):
     """``nn.LSTMCell`` (single bias ``bias = b_ih + b_hh``) with meProp backward.
 
     ``k`` as :class:`~fairseq_efficiency.meprop.TopKLinear`, applied per gate
@@ -161,10 +161,6 @@ class MePropLSTMCell(nn.Module):
     def meprop_units(self) -> int:
         """The units of each gate the top-k chooses from."""
         return self.hidden_size
-
-    @property
-    def k_eff(self) -> int:
-        return resolve_k(self.k, self.hidden_size)
 
     def expand_state(self, h: torch.Tensor, size: int) -> torch.Tensor:
         """B x hidden_size state -> the original unit space of ``size`` (removed units 0)."""

@@ -58,7 +58,7 @@ def dense_layers(model: nn.Module):
     """``(name, units)`` of every meProp layer of ``model`` whose top-k keeps all of its
     ``units`` outputs (``k >= units``): its backward is dense, meProp saves nothing there."""
     return [(name, m.meprop_units) for name, m in model.named_modules()
-            if getattr(m, "meprop_units", None) is not None and m.k_eff >= m.meprop_units]
+            if isinstance(m, MePropLayer) and m.k_eff >= m.meprop_units]
 
 
 def parse_k(value: float) -> Union[int, float]:
@@ -237,6 +237,26 @@ def _init_meprop(module: nn.Module, k: Union[int, float], mode: str, n_caches: i
     module._caches = tuple(_RowGradBuffer() for _ in range(n_caches))
 
 
+class MePropLayer:
+    """What every meProp layer (:class:`TopKLinear`, ``MePropLSTMCell``) offers: ``k`` (a
+    count, or a ratio of the ``meprop_units`` its top-k chooses from), ``k_eff`` and the
+    top-k record ``stats`` that meSimp reads."""
+
+    k: Union[int, float]
+    meprop_units: int
+
+    @property
+    def k_eff(self) -> int:
+        """The number of outputs kept per backward at the layer's current size."""
+        return resolve_k(self.k, self.meprop_units)
+
+    def fix_k(self) -> None:
+        """Make a ratio ``k`` the count it resolves to now, so that it no longer shrinks with
+        the layer (meSimp, Algorithm 2, uses an absolute k)."""
+        if isinstance(self.k, float):
+            self.k = self.k_eff
+
+
 class TopKLinearFunction(torch.autograd.Function):
     """y = x W^T + b with top-k sparsified backward (eq. 9-10)."""
 
@@ -290,7 +310,7 @@ class TopKLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-class TopKLinear(nn.Linear):
+class TopKLinear(MePropLayer, nn.Linear):
     """Drop-in ``nn.Linear`` whose backward keeps only the top-k of dL/dy.
 
     Args:
@@ -326,10 +346,6 @@ class TopKLinear(nn.Linear):
     def meprop_units(self) -> int:
         """The outputs the top-k chooses from."""
         return self.weight.shape[0]
-
-    @property
-    def k_eff(self) -> int:
-        return resolve_k(self.k, self.weight.shape[0])
 
     def sparse_backward_active(self) -> bool:
         return (self.training and self.topk_enabled and torch.is_grad_enabled()

@@ -28,16 +28,12 @@ class PipelineGroupShards(EfficiencyHook):
     """Ranks ``g*S .. g*S+S-1`` (one pipeline group) read the same batches."""
 
     name = "hybrid_parallel"
+    # each rank scores a share of the batch (HookList refuses hooks that need them)
+    no_sentence_losses = ("per-sentence losses are not available with hybrid_lstm across "
+                          "ranks (each rank scores a share of the batch)")
 
     def __init__(self, stages: int):
         self.stages = stages
-
-    def setup(self, task):
-        # the criterion reports per-sentence losses only when a hook needs them
-        # (TranslationEfficiencyTask.build_criterion)
-        if task.hooks.needs_sentence_losses:
-            raise PluginConfigError("per-sentence losses are not available with hybrid_lstm "
-                                    "across ranks (each rank scores a share of the batch)")
 
     def on_model_built(self, model):
         if not isinstance(getattr(model, "pipeline", None), WavefrontPipeline):

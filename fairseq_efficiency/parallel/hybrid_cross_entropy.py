@@ -27,6 +27,21 @@ def share_of_sample(sample, lo: int, hi: int, padding_idx: int):
     return out
 
 
+class _Ran:
+    """A model whose forward already ran on the sample: calling it returns that output,
+    everything else is the model's (fairseq's criterion ``forward`` calls the model itself;
+    this criterion must see the output first, to know this rank's share)."""
+
+    def __init__(self, model, net_output):
+        self._model, self._net_output = model, net_output
+
+    def __call__(self, *args, **kwargs):
+        return self._net_output
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 @register_criterion("hybrid_cross_entropy", dataclass=SentenceCrossEntropyConfig)
 class HybridCrossEntropyCriterion(SentenceCrossEntropyCriterion):
     """``sentence_cross_entropy`` on this rank's batch share when the model runs hybrid.
@@ -39,9 +54,10 @@ class HybridCrossEntropyCriterion(SentenceCrossEntropyCriterion):
         net_output = model(**sample["net_input"])
         extra = net_output[1] if isinstance(net_output[1], dict) else {}
         share = extra.get(HYBRID_SHARE)
-        if share is not None:  # PipelineGroupShards.setup refused per-sentence losses
+        if share is not None:  # PipelineGroupShards refuses hooks that need sentence losses
             sample = share_of_sample(sample, share[0], share[1], self.padding_idx)
-        loss, sample_size, logging_output = self.score(model, net_output, sample, reduce=reduce)
+        loss, sample_size, logging_output = super().forward(_Ran(model, net_output), sample,
+                                                            reduce=reduce)
         if share is not None:
             # this rank's time blocked on the other ranks (the previous update's backward
             # and this forward): pipeline bubbles + transfers, logged as pipe_wait_ms

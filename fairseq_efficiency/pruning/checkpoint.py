@@ -17,7 +17,8 @@ class PruneError(Exception):
 def read_checkpoint(path, arg_overrides=None):
     from fairseq import checkpoint_utils
 
-    from fairseq_efficiency.compat import CheckpointError, is_refusal, load_error_detail
+    from fairseq_efficiency.compat import is_refusal, load_error_detail
+    from fairseq_efficiency.errors import CheckpointError
 
     if not os.path.isfile(path):
         raise PruneError(f"checkpoint {path} does not exist")
@@ -47,9 +48,7 @@ def check_finite(state, path):
 
 def build_from_checkpoint(path, data=None):
     """``(state, task, model)``: the checkpoint's model built from its own cfg, weights loaded."""
-    from fairseq import tasks
-
-    import fairseq_efficiency  # noqa: F401  (registers the plugin's tasks and models)
+    from fairseq import tasks  # the plugin's tasks and models: registered by importing it
 
     state = read_checkpoint(path, {"data": data} if data else None)
     check_finite(state, path)

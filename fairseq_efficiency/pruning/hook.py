@@ -125,9 +125,10 @@ class PruningHook(EfficiencyHook):
                              "pruning, and --prune-at-update is 0: give --prune-retrain-updates")
         self.masks: Optional[MaskSet] = None
         self.events_done = 0
-        self._dirty = False
         self._lr = None
-        self._model_ref = None
+        drop = bool(getattr(cfg, "prune_drop_masks", False))
+        if cfg.prune_ratio > 0 or cfg.prune_masks_from or not drop:  # masks may be kept
+            self.needs_fixed_shapes = "pruning masks"
 
     def setup(self, task):
         self.restore_path = getattr(task, "restore_path", None)
@@ -144,7 +145,7 @@ class PruningHook(EfficiencyHook):
                 masks.params(model)  # names and shapes must match
             except ValueError as e:
                 raise MaskSourceError(f"--prune-masks-from {self.masks_from}: {e}") from e
-            self.masks, self._dirty = masks, True
+            self.masks = masks  # applied when training starts (on_epoch_start)
             logger.info("pruning masks from %s: %d tensors, sparsity %.4f", self.masks_from,
                         len(masks), masks.sparsity())
 
@@ -167,15 +168,17 @@ class PruningHook(EfficiencyHook):
         return res
 
     # -- training loop -------------------------------------------------------------------
+    def on_epoch_start(self, epoch, model):
+        # every epoch starts with the model's final weights (after a checkpoint is loaded):
+        # restored or loaded masks take effect here, before the first step
+        if self.masks is not None:
+            self.masks.apply_(model)
+
     def before_train_step(self, sample, model, update_num):
-        self._model_ref = model
         if self.retrain is not None and self.masks is None and not self.schedule:
             raise PluginConfigError("--prune-retrain-* retrains a pruned model, but there are no pruning "
                              "masks: give --prune-ratio, --prune-masks-from, or --restore-file "
                              "with a checkpoint written by fairseq-efficiency-prune")
-        if self._dirty and self.masks is not None:
-            self.masks.apply_(model)
-            self._dirty = False
         due = [i for i, (u, _) in enumerate(self.schedule) if u <= update_num]
         if due and due[-1] >= self.events_done:  # resumed past several events: jump to the latest
             with torch.no_grad():
@@ -185,8 +188,8 @@ class PruningHook(EfficiencyHook):
                 self.retrain.begin(update_num)  # retraining starts at the last event
 
     def after_train_step(self, out):
-        if self.masks is not None and self._model_ref is not None:
-            self.masks.mask_grads_(self._model_ref)
+        if self.masks is not None:
+            self.masks.mask_grads_(out.model)
 
     def before_optimizer_step(self, model, optimizer, update_num):
         if self.masks is None:
@@ -216,7 +219,7 @@ class PruningHook(EfficiencyHook):
         if self.masks is not None:
             self.masks.apply_(model)
 
-    def reduce_metrics(self, logging_outputs):
+    def reduce_metrics(self, logging_outputs, train):
         if self.masks is not None:
             metrics.log_scalar("sparsity", self.masks.sparsity(), weight=0, round=4)
             if self.retrain is not None and self.retrain.last_lr is not None:
@@ -250,7 +253,6 @@ class PruningHook(EfficiencyHook):
             self.trained_updates = int(state["trained_updates"])
         if self.retrain is not None:
             self.retrain.load_state_dict(state)
-        self._dirty = True
         logger.info("restored pruning masks from %s: %d tensors, sparsity %.4f, kept "
                     "whatever --reset-* flags", source, len(masks), masks.sparsity())
 
@@ -295,13 +297,6 @@ def build(cfg, restoring=False):
         return None
     retrain = getattr(cfg, "prune_retrain_fraction", 0) or getattr(cfg, "prune_retrain_updates", 0)
     if restoring or cfg.prune_ratio > 0 or cfg.prune_masks_from or retrain:
-        drop = getattr(cfg, "prune_drop_masks", False)
-        keeps = cfg.prune_ratio > 0 or cfg.prune_masks_from or not drop
-        if keeps and getattr(cfg, "mesimp_interval", 0) > 0:
-            raise PluginConfigError(
-                "pruning masks need fixed matrix shapes, which meSimp changes: "
-                "simplify first, then prune the meSimp checkpoint "
-                "(fairseq-efficiency-prune) and retrain it without --mesimp-interval")
         return PruningHook(cfg)
     check_ratio(cfg.prune_ratio, "--prune-ratio")  # e.g. a negative ratio
     return None

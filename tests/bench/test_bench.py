@@ -67,13 +67,6 @@ def test_plan_gives_each_seed_its_directory_and_prune_runs_their_start(tmp_path)
     assert "--finetune-from-model" not in runs[0].train_cmd
 
 
-def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
-    assert bench_main([SMOKE, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("fairseq_cli.train") == 2 and "--finetune-from-model" in out
-    assert not (tmp_path / "out").exists()
-
-
 def test_scheduler_runs_jobs_in_parallel_after_their_start_and_blocks_after_a_failure(tmp_path):
     spec = load_spec(SMOKE)
     spec.seeds = [1, 2, 3]

@@ -46,21 +46,6 @@ def test_lstm_meprop_mesimp_train_resume_generate(tiny_data_bin, tmp_path):
     assert "Generate valid with beam=2: BLEU4" in gen.stdout + gen.stderr
 
 
-def test_transformer_meprop_trains(tiny_data_bin, tmp_path):
-    args = train_args(tiny_data_bin, str(tmp_path / "tr"), "--task", "translation_efficiency",
-                      "--criterion", "cross_entropy", "--max-update", "4",
-                      "--mesimp-interval", "2", "--mesimp-prune-rate", "0.4")
-    i = args.index("--arch")
-    args = args[:i] + args[i + 16:] + [
-        "--arch", "transformer_meprop", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-layers", "1",
-        "--decoder-layers", "1", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-        "--meprop-k", "0.25"]
-    log = run_cli("fairseq_cli.train", args).stdout
-    m = re.findall(r"layer sizes encoder\.0\.ffn=(\d+) decoder\.0\.ffn=(\d+)", log)
-    assert m and all(int(v) <= 32 for v in m[-1])
-
-
 def test_errors_at_start_up(tiny_data_bin, tmp_path):
     cases = [
         (["--meprop-k", "0"], "--meprop-k must be > 0"),

@@ -10,6 +10,7 @@ import torch.nn as nn
 from fairseq_efficiency.meprop import MePropLSTM, MeSimp, TopKLinear
 from tests.helpers import gpu_train_args, run_cli
 from tests.meprop.test_mesimp import MLP
+from tests.meprop.test_transformer_meprop import tiny_transformer
 
 pytestmark = pytest.mark.gpu
 
@@ -164,12 +165,7 @@ def test_lstm_meprop_trains_on_cuda(tiny_data_bin, tmp_path, precision):
 def test_transformer_meprop_trains_on_cuda_in_fp16(tiny_data_bin, tmp_path):
     args = gpu_train_args(tiny_data_bin, tmp_path, "--task", "translation_efficiency",
                           "--criterion", "cross_entropy", "--max-update", "6", "--fp16")
-    i = args.index("--arch")
-    args = args[:i] + args[i + 16:] + [
-        "--arch", "transformer_meprop", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-        "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32", "--encoder-layers", "1",
-        "--decoder-layers", "1", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-        "--meprop-k", "0.25"]
+    args = tiny_transformer(args)
     res = run_cli("fairseq_cli.train", args)
     losses = re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", res.stdout + res.stderr)
     assert losses and float(losses[-1]) < 100

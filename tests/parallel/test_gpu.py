@@ -9,7 +9,7 @@ import torch
 from fairseq_efficiency.parallel.pipeline import DevicePipeline
 from tests.helpers import gpu_train_args, run_cli
 from tests.parallel import workers as W
-from tests.parallel.test_fairseq_model import TINY
+from tests.parallel.test_hybrid_lstm import TINY
 
 pytestmark = pytest.mark.gpu
 

@@ -1,6 +1,7 @@
 """The training hook in-process: events, LR scaling, state round trip."""
 import torch
 
+from fairseq_efficiency.hooks import StepOutput
 from fairseq_efficiency.pruning.hook import PruningConfig, PruningHook
 from tests.pruning.test_masks import Toy, loss_of
 
@@ -25,11 +26,15 @@ class FakeOptimizer:
 
 
 def run(hook, model, opt, updates, start=0):
+    hook.on_epoch_start(1, model)  # fairseq starts every (resumed) epoch with it
     for u in range(start, start + updates):
         hook.before_train_step(None, model, u)
         opt.optimizer.zero_grad()
-        loss_of(model, u).backward()
-        hook.after_train_step(None)
+        loss = loss_of(model, u)
+        loss.backward()
+        hook.after_train_step(StepOutput(sample=None, ids=None, sentence_loss=None, model=model,
+                                         loss=loss, sample_size=1, update_num=u,
+                                         ignore_grad=False))
         hook.before_optimizer_step(model, opt, u)
         opt.step()
         hook.after_optimizer_step(model, opt, u)
