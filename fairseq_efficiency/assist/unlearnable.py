@@ -34,12 +34,12 @@ import logging
 import numpy as np
 
 from fairseq_efficiency.assist.selection import Selector
+from fairseq_efficiency.data.synthetic import KINDS as KIND_NAMES  # classes of {split}.kind
 
 logger = logging.getLogger(__name__)
 
 LEVEL_DECAY = 0.95  # EMA of the corpus level over Boss batches
 MIN_P = 0.1         # keep probabilities below count as this in the level's weights (<= 10)
-KIND_NAMES = ("easy", "medium", "hard", "noisy")  # fairseq_efficiency.data.synthetic.KINDS
 
 
 class KeepAll(Selector):
