@@ -295,6 +295,6 @@ def build(cfg):
         return None
     cfg = presets.resolve(cfg)  # --assist-preset (a view; options given explicitly win)
     selection = aa_config.validate(cfg)
-    if selection == "uniform" and not cfg.assist_unlearnable:
+    if selection == "uniform" and not getattr(cfg, "assist_unlearnable", False):
         return None
     return InstanceSelectionHook(cfg, selection)

@@ -68,7 +68,9 @@ class UnlearnableFilter(Selector):
         self.flag = np.zeros(n, dtype=bool)
         self.level_ema, self.level_steps = 0.0, 0
         self.kinds = None if kinds is None else np.asarray(kinds, dtype=np.int8)
-        self.kind_keep = {}  # mean keep probability per kind, at the last epoch start
+        # mean keep probability per kind at the last epoch start: kp_ with the filter,
+        # kp0_ the base policy's alone
+        self.kind_keep = {}
 
     # the inner policy's rules and per-epoch behaviour
     @property
@@ -91,10 +93,11 @@ class UnlearnableFilter(Selector):
         return np.where(self.flag[idx], self.keep * p, p)
 
     def observe(self, ids, losses):
-        ids, first = np.unique(np.asarray(ids, dtype=np.int64), return_index=True)
-        losses = np.asarray(losses, dtype=np.float64)[first]
+        ids, losses = np.asarray(ids, dtype=np.int64), np.asarray(losses, dtype=np.float64)
         p = np.asarray(self.inner.keep_prob(ids), dtype=np.float64)  # before it learns
-        self.inner.observe(ids, losses)
+        self.inner.observe(ids, losses)  # as given: the base policy learns as without the filter
+        ids, first = np.unique(ids, return_index=True)
+        losses, p = losses[first], p[first]
         ok = np.isfinite(losses)
         ids, losses, p = ids[ok], np.maximum(losses[ok], 1e-6), p[ok]
         if not len(ids):
@@ -133,10 +136,14 @@ class UnlearnableFilter(Selector):
     def start_epoch(self, epoch):
         self.inner.start_epoch(epoch)
         if self.kinds is not None:
-            p = self.keep_prob(self.shard)
+            p0 = np.asarray(self.inner.keep_prob(self.shard), dtype=np.float64)
+            p = np.where(self.flag[self.shard], self.keep * p0, p0)
             k = self.kinds[self.shard]
-            self.kind_keep = {KIND_NAMES[c]: float(p[k == c].mean())
-                              for c in range(len(KIND_NAMES)) if (k == c).any()}
+            self.kind_keep = {}
+            for c, name in enumerate(KIND_NAMES):
+                if (k == c).any():
+                    self.kind_keep[f"kp_{name}"] = float(p[k == c].mean())
+                    self.kind_keep[f"kp0_{name}"] = float(p0[k == c].mean())
 
     def set_update(self, update_num):
         self.inner.set_update(update_num)
@@ -154,7 +161,7 @@ class UnlearnableFilter(Selector):
             for c, name in enumerate(KIND_NAMES):
                 if (k == c).any():
                     out[f"unl_{name}"] = float(f[k == c].mean())
-            out.update({f"kp_{name}": v for name, v in self.kind_keep.items()})
+            out.update(self.kind_keep)
         return out
 
     # -- state: the inner policy's state with one more key, so either kind of run loads it --

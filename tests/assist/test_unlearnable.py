@@ -14,7 +14,7 @@ from fairseq_efficiency.assist.assistant import Assistant
 from fairseq_efficiency.assist.selection import AutoAssistSelector
 from fairseq_efficiency.assist.unlearnable import (KIND_NAMES, LEVEL_DECAY, KeepAll,
                                                    UnlearnableFilter, read_kinds)
-from tests.helpers import assert_one_line_error, run_cli, train_args
+from tests.helpers import run_cli, train_args
 
 SEL = ["--task", "translation_efficiency", "--criterion", "sentence_cross_entropy"]
 
@@ -125,6 +125,8 @@ def test_noise_is_kept_less_often_than_not_yet_learned_pairs():
     assert filt.flag[group == 2].all() and not filt.flag[group != 2].any()
     assert q[group == 2].mean() < 0.2 * q[group == 1].mean()
     np.testing.assert_allclose(q[group != 2], filt.inner.keep_prob(np.arange(200))[group != 2])
+    # the Assistant inside learned exactly what it learns without the filter
+    assert filt.inner.assistant.fingerprint() == plain.assistant.fingerprint()
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -210,6 +212,10 @@ def test_stats_per_kind():
     assert s["unl_noisy"] == 1.0 and s["unl_easy"] == s["unl_hard"] == 0.0
     assert s["unl_share"] == pytest.approx(0.1) and "unl_medium" not in s
     assert s["kp_noisy"] < s["kp_hard"] and {"rho", "T", "unl_level"} <= set(s)
+    base = f.inner.keep_prob(np.arange(200))            # the Assistant alone (kp0_)
+    assert s["kp0_noisy"] == pytest.approx(base[180:].mean())
+    assert s["kp_noisy"] == pytest.approx(0.1 * s["kp0_noisy"])
+    assert s["kp_hard"] == s["kp0_hard"]
 
 
 # -- fairseq-train -------------------------------------------------------------------------
@@ -235,12 +241,11 @@ def test_fairseq_train_with_the_filter_logs_checkpoints_and_resumes(tiny_data_bi
     assert re.search(r"Assistant [0-9a-f]{12}", log)  # the wrapped Assistant's fingerprint
 
 
-def test_uniform_with_the_filter_and_competence_refused(tiny_data_bin, tmp_path):
+def test_uniform_with_the_filter_runs_through_the_bucketed_iterator(tiny_data_bin, tmp_path):
+    """(competence with the filter is refused up front: test_config.py)"""
     res = run_cli("fairseq_cli.train", train_args(
         tiny_data_bin, str(tmp_path / "a"), *SEL, "--instance-selection", "uniform",
         "--assist-unlearnable", "--max-epoch", "1", "--no-save"))
-    assert "| unl_share " in res.stdout + res.stderr     # the hook is built for uniform too
-    res = run_cli("fairseq_cli.train", train_args(
-        tiny_data_bin, str(tmp_path / "b"), *SEL, "--instance-selection", "competence",
-        "--assist-unlearnable", "--max-epoch", "1"), check=False)
-    assert_one_line_error(res, "--assist-unlearnable needs a loss-based --instance-selection")
+    log = res.stdout + res.stderr
+    assert "uniform: worker 0/1 shard of 600 pairs" in log and "| unl_share " in log
+    assert "| kp0_noisy 1 " in log                       # uniform keeps everything
