@@ -10,12 +10,13 @@ The selection policy drops instances inside a base batch. A base batch kept
 whole is emitted as it is; otherwise its kept instances join those of its
 group (``group_batches`` neighbouring base batches in length order), which are
 cut by ``batch_by_size`` again in length order: every batch of that cut is
-emitted except the last (possibly under-full) one -- together with the tail shorter
-than ``--required-batch-size-multiple`` that fairseq's cut leaves out -- which waits for the group's
-next base batch; once the group is done it moves on to the nearest group that
-still has unvisited base batches, and is emitted at the end of the pass. With
-every instance kept the Boss therefore trains on fairseq's batches of the pass,
-in random order (``tests/assist/test_neutral_iterator.py``).
+emitted except the last (possibly under-full) one -- together with the tail
+shorter than ``--required-batch-size-multiple`` that fairseq's cut leaves out --
+which waits for the group's next base batch; once the group is done it moves on
+to the nearest group that still has unvisited base batches, and is emitted at
+the end of the pass. With every instance kept the Boss therefore trains on
+fairseq's batches of the pass, in random order
+(``tests/assist/test_neutral_iterator.py``).
 
 :class:`LengthBucketStream` and :class:`BucketBatcher` share one pass and fit
 the :class:`~fairseq_efficiency.assist.worker.AssistWorker` interface of the

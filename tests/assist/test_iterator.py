@@ -1,4 +1,5 @@
-"""The selection iterator's epochs and resume logic (assist/iterator.py), without fairseq's trainer."""
+"""The selection iterator's epochs and resume logic (assist/iterator.py), without fairseq's
+trainer."""
 import numpy as np
 
 from fairseq_efficiency.assist.iterator import ShrinkingEpochBatchIterator
