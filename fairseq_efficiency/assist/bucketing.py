@@ -10,11 +10,13 @@ The selection policy drops instances inside a base batch. A base batch kept
 whole is emitted as it is; otherwise its kept instances join those of its
 group (``group_batches`` neighbouring base batches in length order), which are
 cut by ``batch_by_size`` again in length order: every batch of that cut is
-emitted except the last (possibly under-full) one, which waits for the group's
-next base batch; once the group is done it moves on to the nearest group that
-still has unvisited base batches, and is emitted at the end of the pass. With
-every instance kept the Boss therefore trains on fairseq's batches of the pass,
-in random order (``tests/assist/test_neutral_iterator.py``).
+emitted except the last (possibly under-full) one -- together with the tail
+shorter than ``--required-batch-size-multiple`` that fairseq's cut leaves out --
+which waits for the group's next base batch; once the group is done it moves on
+to the nearest group that still has unvisited base batches, and is emitted at
+the end of the pass. With every instance kept the Boss therefore trains on
+fairseq's batches of the pass, in random order
+(``tests/assist/test_neutral_iterator.py``).
 
 :class:`LengthBucketStream` and :class:`BucketBatcher` share one pass and fit
 the :class:`~fairseq_efficiency.assist.worker.AssistWorker` interface of the
@@ -49,12 +51,31 @@ class _Cutter:
         """fairseq's ``batch_by_size`` of ``ordered``, every instance in some batch."""
         if len(ordered) == 0:
             return []
+        batches, tail = self._cut_mult(ordered)
+        return batches + ([tail] if len(tail) else [])
+
+    def _cut_mult(self, ordered):
+        """``batch_by_size`` with the batch size multiple, and the tail it leaves out
+        (shorter than the multiple), cut in one batch (it fits: at most the last batch's
+        sentences)."""
         batches = self._batch_by_size(ordered, self.mult)
-        # with a batch size multiple, fairseq leaves out a tail shorter than the multiple
         covered = sum(len(b) for b in batches)
-        if covered < len(ordered):
-            batches += self._batch_by_size(ordered[covered:], 1)
-        return batches
+        tail = ordered[covered:]
+        if len(tail) > 1:
+            more = self._batch_by_size(tail, 1)
+            batches, tail = batches + more[:-1], more[-1]
+        return batches, np.asarray(tail, dtype=np.int64)
+
+    def cut_open(self, ordered):
+        """``(batches, rest)``: the batches of :meth:`cut` that are complete, and the
+        instances of its last batch and of the tail shorter than the batch size multiple,
+        which may still grow."""
+        if len(ordered) == 0:
+            return [], np.zeros(0, dtype=np.int64)
+        batches, tail = self._cut_mult(ordered)
+        if not batches:
+            return [], tail
+        return batches[:-1], np.concatenate([batches[-1], tail])
 
 
 class LengthBucketStream:
@@ -187,14 +208,16 @@ class BucketBatcher:
             open_groups = np.flatnonzero(s.group_left > 0)
             rest, rest_group = [], []
             for part, gp in zip(np.split(pool, bounds), np.split(g, bounds)):
-                batches = s.cutter.cut(part[np.argsort(s.rank[part], kind="stable")])
+                part = part[np.argsort(s.rank[part], kind="stable")]
                 target = int(gp[0])
                 if s.group_left[target] == 0 and len(open_groups):
                     target = int(open_groups[np.argmin(np.abs(open_groups - target))])
-                if s.group_left[target] > 0:  # the last batch may still grow
-                    last = batches.pop()
+                if s.group_left[target] > 0:  # the last batch (and a short tail) may still grow
+                    batches, last = s.cutter.cut_open(part)
                     rest.append(last)
                     rest_group.append(np.full(len(last), target))
+                else:
+                    batches = s.cutter.cut(part)
                 out.extend(batches)
             self._pool = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
             self._pool_group = np.concatenate(rest_group) if rest else None

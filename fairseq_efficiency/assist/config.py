@@ -91,6 +91,23 @@ class AutoAssistConfig:
                                 "available, c(t) = min(1, sqrt(t (1 - c0^2) / T + c0^2))"})
     competence_c0: float = field(
         default=0.01, metadata={"help": "competence: initial competence c0 (the paper's 0.01)"})
+    assist_unlearnable: bool = field(
+        default=False, metadata={"help": "down-weight unlearnable instances (loss not falling "
+                                 "with the corpus's over their last visits, e.g. noisy pairs) in "
+                                 "a loss-based --instance-selection (uniform included)"})
+    assist_unlearnable_visits: int = field(
+        default=6, metadata={"help": "unlearnable: window V, an instance's last V visits "
+                             "(memory: 2V + 1 numbers per training pair)"})
+    assist_unlearnable_alpha: float = field(
+        default=0.25, metadata={"help": "unlearnable: flagged when above the corpus loss level "
+                                "with a slope of log-loss on log corpus level below alpha over "
+                                "the window"})
+    assist_unlearnable_keep: float = field(
+        default=0.1, metadata={"help": "unlearnable: factor on a flagged instance's keep "
+                               "probability"})
+    assist_unlearnable_min_fall: float = field(
+        default=0.05, metadata={"help": "unlearnable: a window is judged only when the corpus "
+                                "log-loss fell by at least this much over it"})
 
 
 def validate(cfg):
@@ -117,9 +134,17 @@ def validate(cfg):
         ("ds_review_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("competence_steps", lambda v: v >= 1, ">= 1"),
         ("competence_c0", lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("assist_unlearnable_visits", lambda v: v >= 2, ">= 2"),
+        ("assist_unlearnable_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("assist_unlearnable_keep", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("assist_unlearnable_min_fall", lambda v: v >= 0, ">= 0"),
     ]
     for name, ok, what in checks:
         v = getattr(cfg, name)
         if not ok(v):
             raise PluginConfigError(f"--{name.replace('_', '-')} must be {what}, got {v}")
+    if getattr(cfg, "assist_unlearnable", False) and sel == "competence":
+        raise PluginConfigError("--assist-unlearnable needs a loss-based --instance-selection "
+                                "(uniform, autoassist, self-paced or dynamic-sampling), "
+                                "not competence")
     return sel

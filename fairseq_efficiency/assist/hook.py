@@ -17,12 +17,13 @@ runs snapshot at save time.
 """
 import logging
 import math
+import os
 
 import numpy as np
 from fairseq import utils
 
 from fairseq_efficiency.assist import config as aa_config
-from fairseq_efficiency.assist import presets
+from fairseq_efficiency.assist import presets, unlearnable
 from fairseq_efficiency.assist.assistant import Assistant
 from fairseq_efficiency.assist.iterator import ShrinkingEpochBatchIterator
 from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamplingSelector,
@@ -133,8 +134,12 @@ class InstanceSelectionHook(EfficiencyHook):
                                                  task.src_dict.nspecial)
         elif self.selection == "self-paced":
             selector = SelfPacedSelector(n, self.shard, cfg.spl_start_quantile, cfg.spl_growth)
+        elif self.selection == "uniform":  # only with --assist-unlearnable
+            selector = unlearnable.KeepAll()
         else:
             selector = DynamicSamplingSelector(n, self.shard, cfg.ds_sample_rate, cfg.ds_review_share)
+        selector = unlearnable.wrap(cfg, selector, n, self.shard, os.path.join(
+            utils.split_paths(task.cfg.data)[0], self._split_name(task, dataset) + ".kind"))
         # candidates in fairseq's length buckets; kept ones merged with their neighbours
         stream = LengthBucketStream(self.shard, n, src, tgt, self.num_tokens, max_tokens,
                                     max_sentences, rng, mult, cfg.assist_pool_batches)
@@ -220,7 +225,7 @@ class InstanceSelectionHook(EfficiencyHook):
                 "fingerprint": self.fingerprint(), "restored_from": self.restored_from}
 
     def fingerprint(self):
-        sel = self.worker.selector
+        sel = getattr(self.worker.selector, "inner", self.worker.selector)  # (a filter's)
         if isinstance(sel, AutoAssistSelector):
             return sel.assistant.fingerprint()
         return "-"
@@ -276,6 +281,6 @@ def build(cfg):
         return None
     cfg = presets.resolve(cfg)  # --assist-preset (a view; options given explicitly win)
     selection = aa_config.validate(cfg)
-    if selection == "uniform":
+    if selection == "uniform" and not getattr(cfg, "assist_unlearnable", False):
         return None
     return InstanceSelectionHook(cfg, selection)

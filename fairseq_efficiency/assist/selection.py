@@ -80,16 +80,15 @@ class AutoAssistSelector(Selector):
         return self.assistant.keep_prob(self.features[idx])
 
     def observe(self, ids, losses):
-        self.assistant.update(self.features[ids], losses)
+        self.assistant.partial_fit(self.features[ids], losses)
 
     def start_pass(self, passes):
         """Pass boundaries of the candidate stream (the authors' per-pass threshold)."""
-        while self.assistant.passes < passes:
+        while self.assistant.passes_ < passes:
             self.assistant.start_pass()
 
     def stats(self):
-        a = self.assistant
-        return {"rho": a.rho, "T": a.threshold, "assistant_acc": a.last_accuracy}
+        return self.assistant.diagnostics()
 
     def state_dict(self):
         return {"assistant": self.assistant.state_dict(), "epoch": self.epoch}

@@ -6,19 +6,19 @@ A background thread owns two bounded queues:
 * ``AssistantQueue`` -- ``(ids, per-sentence losses)`` of batches the Boss trained on.
 
 Whenever the BossQueue (counting batches restored from a checkpoint and not yet
-served) runs low the worker draws candidates uniformly from its shard (a fresh
-random permutation per pass), keeps each with the policy's keep probability
-(Algorithm 1), and *refills*: kept candidates gather in a pool of a few batches'
-worth, which is sorted by length and cut with fairseq's
-``data_utils.batch_by_size`` under the run's ``--max-tokens``/``--batch-size``;
-every batch but the pool's last (possibly under-full) one is emitted, the rest
-waits for more candidates. Otherwise it learns from the AssistantQueue.
+served) runs low the worker takes candidates from its stream -- whole base batches
+of fairseq's length buckets over its shard, a fresh random permutation per pass
+(:class:`~fairseq_efficiency.assist.bucketing.LengthBucketStream`) -- keeps each with
+the policy's keep probability (Algorithm 1) and hands the kept ones to the batcher
+(:class:`~fairseq_efficiency.assist.bucketing.BucketBatcher`), which emits the
+batches that are ready. Otherwise it learns from the AssistantQueue.
 
 A refill is bounded: it examines at most one pass of the shard, one chunk at a
-time, releasing the lock between chunks. If the pool is still not full then, it
-is cut as it is (under-full batches included); if the whole pass kept nothing
-(keep probabilities ~0, possible with ``--assist-min-keep 0``), its ``chunk``
-most probable candidates are kept, with a warning, so training always progresses.
+time, releasing the lock between chunks. If no batch is ready then, everything kept
+is batched as it is (under-full batches included); if the whole pass kept nothing
+(keep probabilities ~0, possible with ``--assist-min-keep 0``), its ``chunk`` most
+probable candidates are kept, with a warning, so training always progresses (never
+those a curriculum forbids: ``Selector.zero_is_final``).
 
 The training loop only does ``get`` (a ready batch, with a timeout) and
 ``put_nowait`` (losses; dropped and counted when the queue is full), so it never
@@ -39,123 +39,6 @@ logger = logging.getLogger(__name__)
 
 class AssistWorkerError(RuntimeError):
     pass
-
-
-class CandidateStream:
-    """Uniform candidates: successive random permutations of the shard (Algorithm 1, line 5)."""
-
-    def __init__(self, shard, rng):
-        self.shard = np.asarray(shard, dtype=np.int64)
-        if len(self.shard) == 0:
-            raise ValueError("empty data shard")
-        self.rng = rng
-        self.perm = self.shard[rng.permutation(len(self.shard))]
-        self.pos = 0
-        self.passes = 0  # completed passes over the shard
-
-    def take(self, k):
-        out = []
-        while k > 0:
-            if self.pos >= len(self.perm):
-                self.perm = self.shard[self.rng.permutation(len(self.shard))]
-                self.pos = 0
-                self.passes += 1
-            chunk = self.perm[self.pos:self.pos + k]
-            self.pos += len(chunk)
-            k -= len(chunk)
-            out.append(chunk)
-        return np.concatenate(out)
-
-    def state_dict(self):
-        return {"perm": self.perm.copy(), "pos": self.pos, "passes": self.passes,
-                "rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, st):
-        self.perm, self.pos, self.passes = np.asarray(st["perm"], np.int64), st["pos"], st["passes"]
-        self.rng.bit_generator.state = st["rng"]
-
-
-class RefillBatcher:
-    """Pool of kept candidates cut into full batches with fairseq's ``batch_by_size``."""
-
-    def __init__(self, sizes_src, sizes_tgt, num_tokens, max_tokens, max_sentences,
-                 required_batch_size_multiple=1, pool_batches=8):
-        self.src, self.tgt = sizes_src, sizes_tgt
-        self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
-        self.max_tokens = max_tokens
-        self.max_sentences = max_sentences
-        self.mult = required_batch_size_multiple
-        self.pool_batches = pool_batches
-        self.pool = np.zeros(0, dtype=np.int64)
-        if max_tokens is None and max_sentences is None:
-            raise ValueError("set --max-tokens or --batch-size")
-
-    def _ready(self):
-        n = len(self.pool)
-        if n == 0:
-            return False
-        if self.max_sentences is not None and n >= self.pool_batches * self.max_sentences:
-            return True
-        if self.max_tokens is not None:
-            return self.num_tokens[self.pool].sum() >= self.pool_batches * self.max_tokens
-        return False
-
-    def add(self, idx):
-        self.pool = np.concatenate([self.pool, idx])
-
-    def _cut(self, pool):
-        """``pool`` sorted by length and cut into batches by fairseq's ``batch_by_size``."""
-        from fairseq.data import data_utils
-
-        pool = pool[np.lexsort((self.src[pool], self.tgt[pool]))]
-        return data_utils.batch_by_size(
-            pool, num_tokens_fn=lambda i: int(self.num_tokens[i]),
-            num_tokens_vec=self.num_tokens[pool], max_tokens=self.max_tokens,
-            max_sentences=self.max_sentences, required_batch_size_multiple=self.mult,
-        )
-
-    def flush(self, rng):
-        """The whole pool cut into batches (the last one possibly under-full), in random order."""
-        if not len(self.pool):
-            return []
-        out = [np.asarray(b, dtype=np.int64) for b in self._cut(self.pool)]
-        self.pool = np.zeros(0, dtype=np.int64)
-        return [out[i] for i in rng.permutation(len(out))]
-
-    def _pop_full(self):
-        """Full batches from the pool, in length order, or ``[]`` while it is still filling."""
-        if not self._ready():
-            return []
-        batches = self._cut(self.pool)
-        if len(batches) < 2:
-            return []
-        keep = batches[-1]  # possibly under-full: refilled with the next candidates
-        self.pool = np.asarray(keep, dtype=np.int64)
-        return [np.asarray(b, dtype=np.int64) for b in batches[:-1]]
-
-    def batches_per_pass(self, order, chunk=256):
-        """Batches one pass over ``order`` (everything kept) fills when fed ``chunk``
-        candidates at a time, as the worker does. A pool sorts only a few batches' worth
-        of random candidates, so its batches hold fewer sentences than fairseq's (sorted
-        over the whole dataset): this, not fairseq's batch count, is one pass."""
-        saved, self.pool = self.pool, np.zeros(0, dtype=np.int64)
-        try:
-            n = 0
-            for s in range(0, len(order), chunk):
-                self.add(np.asarray(order[s:s + chunk], dtype=np.int64))
-                n += len(self._pop_full())
-            if len(self.pool):
-                n += len(self._cut(self.pool))
-            return n
-        finally:
-            self.pool = saved
-
-    def pop_batches(self, rng):
-        """Full batches from the pool in random order, or ``[]`` while it is still filling."""
-        out = self._pop_full()
-        if not out:
-            return []
-        return [out[i] for i in rng.permutation(len(out))]
 
 
 class AssistWorker:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from fairseq_efficiency.assist import features as F
-from fairseq_efficiency.assist import presets
 from fairseq_efficiency.assist.assistant import Assistant
 from fairseq_efficiency.assist.selection import AutoAssistSelector
 from fairseq_efficiency.criterions.sentence_cross_entropy import sentence_nll
@@ -18,25 +17,29 @@ def ones(n):
     return np.ones((n, 1))
 
 
+def proba(g):
+    return np.column_stack([1 - g, g])
+
+
 # -- threshold -------------------------------------------------------------------------------
 def test_pass_mean_threshold_on_a_hand_made_loss_stream():
     a = Assistant(1, threshold="pass-mean", threshold_decay=0.99)
-    a.update(ones(2), [2.0, 4.0])
-    assert a.threshold == pytest.approx(0.03)            # 0.01 * 3, no bias correction
-    a.update(ones(2), [1.0, 1.0])
-    assert a.threshold == pytest.approx(0.0397)          # 0.99 * 0.03 + 0.01 * 1
+    a.partial_fit(ones(2), [2.0, 4.0])
+    assert a.threshold_ == pytest.approx(0.03)            # 0.01 * 3, no bias correction
+    a.partial_fit(ones(2), [1.0, 1.0])
+    assert a.threshold_ == pytest.approx(0.0397)          # 0.99 * 0.03 + 0.01 * 1
     a.start_pass()
-    assert a.threshold == pytest.approx(2.0)             # (2 + 4 + 1 + 1) / 4
-    a.update(ones(1), [10.0])
-    a.update(ones(2), [0.5, 1.5])
-    assert a.threshold == pytest.approx(2.0)             # held fixed for the pass
+    assert a.threshold_ == pytest.approx(2.0)             # (2 + 4 + 1 + 1) / 4
+    a.partial_fit(ones(1), [10.0])
+    a.partial_fit(ones(2), [0.5, 1.5])
+    assert a.threshold_ == pytest.approx(2.0)             # held fixed for the pass
     a.start_pass()
-    assert a.threshold == pytest.approx(4.0)             # (10 + 0.5 + 1.5) / 3
+    assert a.threshold_ == pytest.approx(4.0)             # (10 + 0.5 + 1.5) / 3
     a.start_pass()                                       # a pass without losses keeps T
-    assert a.threshold == pytest.approx(4.0) and a.passes == 3
+    assert a.threshold_ == pytest.approx(4.0) and a.passes_ == 3
     b = Assistant(1, threshold_decay=0.99)               # the paper's: bias-corrected
-    b.update(ones(2), [2.0, 4.0])
-    assert b.threshold == pytest.approx(3.0)
+    b.partial_fit(ones(2), [2.0, 4.0])
+    assert b.threshold_ == pytest.approx(3.0)
 
 
 def test_selector_follows_the_candidate_streams_passes():
@@ -44,10 +47,10 @@ def test_selector_follows_the_candidate_streams_passes():
     sel = AutoAssistSelector(ones(4), a)
     sel.observe(np.array([0, 1]), [1.0, 3.0])
     sel.start_pass(0)
-    assert a.passes == 0
+    assert a.passes_ == 0
     sel.start_pass(1)
     sel.start_pass(1)                                    # idempotent
-    assert a.passes == 1 and a.threshold == pytest.approx(2.0)
+    assert a.passes_ == 1 and a.threshold_ == pytest.approx(2.0)
 
 
 # -- acceptance ----------------------------------------------------------------------------
@@ -60,8 +63,8 @@ def test_floor_on_b_versus_floor_on_keep(rho, g, floor_keep, floor_b):
     out = {}
     for floor in ("keep", "b"):
         a = Assistant(1, min_keep=0.5, floor_on=floor)
-        a.rho = rho
-        a.predict = lambda x, g=g: np.full(x.shape[0], g)
+        a.rho_ = rho
+        a.predict_proba = lambda x, g=g: proba(np.full(x.shape[0], g))
         out[floor] = a.keep_prob(ones(1))[0]
     assert out["keep"] == pytest.approx(floor_keep)
     assert out["b"] == pytest.approx(floor_b)
@@ -70,8 +73,8 @@ def test_floor_on_b_versus_floor_on_keep(rho, g, floor_keep, floor_b):
 def test_floor_on_b_without_floor_is_algorithm_1():
     a, b = Assistant(1, floor_on="b"), Assistant(1)
     for asst in (a, b):
-        asst.rho = 0.7
-        asst.predict = lambda x: np.array([0.1, 0.9])
+        asst.rho_ = 0.7
+        asst.predict_proba = lambda x: proba(np.array([0.1, 0.9]))
     np.testing.assert_allclose(a.keep_prob(ones(2)), b.keep_prob(ones(2)))
 
 
@@ -95,15 +98,16 @@ def test_bootstrap_resampling_is_seeded():
 
 def test_mini_step_sgd_hand_computed():
     a = Assistant(1, lr=0.5, l2=0.1, mini_steps=4, threshold="pass-mean")
-    a.update(ones(2), [5.0, 5.0])     # T = 0.05: z = [1, 1]; one step of both rows
+    a.partial_fit(ones(2), [5.0, 5.0])     # T = 0.05: z = [1, 1]; one step of both rows
     # p = 0.5, grad = -0.5 per row, eta = 0.5 / 2: w = b = 0 - 0.25 * (-1.0 + 0.1 * 0)
-    assert a.clf.coef_[0, 0] == pytest.approx(0.25) and a.clf.intercept_[0] == pytest.approx(0.25)
-    a.update(ones(2), [0.01, 0.01])   # T = 0.0496: z = [0, 0]; p = sigmoid(0.5)
+    assert a.clf_.coef_[0, 0] == pytest.approx(0.25)
+    assert a.clf_.intercept_[0] == pytest.approx(0.25)
+    a.partial_fit(ones(2), [0.01, 0.01])   # T = 0.0496: z = [0, 0]; p = sigmoid(0.5)
     p = 1 / (1 + np.exp(-0.5))
     expected = 0.25 - 0.25 * (2 * p + 0.1 * 0.25)
-    assert a.clf.coef_[0, 0] == pytest.approx(expected)
-    assert a.clf.intercept_[0] == pytest.approx(expected)
-    assert a.last_accuracy == 0.0     # measured before the step: g = 0.62 > 0.5 on z = 0
+    assert a.clf_.coef_[0, 0] == pytest.approx(expected)
+    assert a.clf_.intercept_[0] == pytest.approx(expected)
+    assert a.last_accuracy_ == 0.0     # measured before the step: g = 0.62 > 0.5 on z = 0
 
 
 def test_mini_steps_learn_a_separable_labelling():
@@ -112,10 +116,10 @@ def test_mini_steps_learn_a_separable_labelling():
     for _ in range(300):
         hard = rng.random(32) < 0.5
         x = np.stack([hard.astype(float), 1.0 - hard], axis=1)
-        a.update(x, np.where(hard, 3.0, 1.0) + 0.1 * rng.random(32))
+        a.partial_fit(x, np.where(hard, 3.0, 1.0) + 0.1 * rng.random(32))
     x = np.array([[1.0, 0.0], [0.0, 1.0]])
-    g = a.predict(x)
-    assert g[0] > 0.7 and g[1] < 0.3 and a.last_accuracy == 1.0
+    g = a.predict_proba(x)[:, 1]
+    assert g[0] > 0.7 and g[1] < 0.3 and a.last_accuracy_ == 1.0
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -128,63 +132,35 @@ def test_state_round_trip_keeps_passes_threshold_and_bootstrap_rng():
     batches = [(rng.random((12, 3)), rng.random(12) * 4) for _ in range(6)]
     a = make()
     for i, (x, l) in enumerate(batches[:4]):
-        a.update(x, l)
+        a.partial_fit(x, l)
         if i == 1:
             a.start_pass()
     st = a.state_dict()
     b = make()
     b.load_state_dict(st)
     first_pass = np.concatenate([batches[0][1], batches[1][1]])
-    assert b.passes == 1 and b.threshold == a.threshold == pytest.approx(first_pass.mean())
+    assert b.passes_ == 1 and b.threshold_ == a.threshold_ == pytest.approx(first_pass.mean())
     assert b.fingerprint() == a.fingerprint()
     for x, l in batches[4:]:
-        a.update(x, l)
-        b.update(x, l)
+        a.partial_fit(x, l)
+        b.partial_fit(x, l)
     a.start_pass()
     b.start_pass()
-    assert b.threshold == a.threshold and b.passes == a.passes == 2
-    np.testing.assert_array_equal(b.clf.coef_, a.clf.coef_)
+    assert b.threshold_ == a.threshold_ and b.passes_ == a.passes_ == 2
+    np.testing.assert_array_equal(b.clf_.coef_, a.clf_.coef_)
     np.testing.assert_array_equal(b.keep_prob(batches[0][0]), a.keep_prob(batches[0][0]))
 
 
 def test_states_without_pass_statistics_still_load():
     a = Assistant(2)
-    a.update(np.eye(2), [1.0, 2.0])
+    a.partial_fit(np.eye(2), [1.0, 2.0])
     st = {k: v for k, v in a.state_dict().items()
           if k not in ("passes", "pass_sum", "pass_count", "pass_threshold", "rng")}
     b = Assistant(2, threshold="pass-mean")
     b.load_state_dict(st)
-    assert b.passes == b.pass_count == 0 and b.steps == a.steps
-    np.testing.assert_array_equal(b.clf.coef_, a.clf.coef_)
-    assert b.threshold == a.loss_ema                     # first pass: the uncorrected EMA
-
-
-# -- presets -------------------------------------------------------------------------------
-class Cfg:
-    def __init__(self, **kw):
-        for f, v in presets._defaults().items():
-            setattr(self, f, v)
-        self.__dict__.update(kw)
-
-
-def test_authors_preset_sets_every_flag():
-    r = presets.resolve(Cfg(assist_preset="authors", instance_selection="autoassist"))
-    assert (r.assist_threshold, r.assist_floor_on, r.assist_loss_smoothing, r.assist_features,
-            r.assist_mini_steps, r.assist_lr, r.assist_l2, r.assist_min_keep,
-            r.assist_warmup_epochs) == ("pass-mean", "b", 0.1, "tfidf-tf-len", 4, 0.5, 0.1, 0.5, 1)
-    assert r.instance_selection == "autoassist"           # everything else is cfg's own
-
-
-def test_paper_preset_is_the_defaults_and_explicit_options_win():
-    d = presets._defaults()
-    assert d["assist_preset"] == "paper"
-    assert all(d[k] == v for k, v in presets.PRESETS["paper"].items())
-    r = presets.resolve(Cfg(assist_preset="authors", assist_lr=0.3, assist_mini_steps=2))
-    assert (r.assist_lr, r.assist_mini_steps, r.assist_threshold) == (0.3, 2, "pass-mean")
-    r = presets.resolve(Cfg(assist_threshold="pass-mean"))  # one flag on top of paper
-    assert (r.assist_threshold, r.assist_floor_on) == ("pass-mean", "keep")
-    assert set(presets.PRESETS["authors"]) == set(presets.PRESETS["paper"])
-    assert set(presets.PRESETS["paper"]) <= {f for f in d if f.startswith("assist_")}
+    assert b.passes_ == b.pass_count_ == 0 and b.steps_ == a.steps_
+    np.testing.assert_array_equal(b.clf_.coef_, a.clf_.coef_)
+    assert b.threshold_ == a.loss_ema_                     # first pass: the uncorrected EMA
 
 
 # -- features ------------------------------------------------------------------------------

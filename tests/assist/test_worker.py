@@ -1,19 +1,16 @@
-"""Candidate stream, refilled batching, the asynchronous worker and the feature cache."""
+"""The asynchronous worker over the bucketed candidate stream and batcher (assist/worker.py)."""
 import io
 import logging
-import os
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from fairseq_efficiency.assist import features as F
+from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
 from fairseq_efficiency.assist.selection import Selector
-from fairseq_efficiency.assist.worker import (AssistWorker, AssistWorkerError, CandidateStream,
-                                              RefillBatcher)
+from fairseq_efficiency.assist.worker import AssistWorker, AssistWorkerError
+from tests.helpers import wait_for
 
 
 class Keep(Selector):
@@ -37,14 +34,21 @@ class Keep(Selector):
         self.seen = [None] * st["n_seen"]
 
 
-def make_worker(n=2000, max_tokens=200, max_sentences=None, selector=None, seed=0, queue_size=8):
-    rng = np.random.default_rng(1234)  # the data; ``seed`` only seeds the worker's RNGs
+def data(n=2000):
+    rng = np.random.default_rng(1234)
     src = rng.integers(3, 30, n)
     tgt = rng.integers(3, 30, n)
-    num_tokens = np.maximum(src, tgt)
-    batcher = RefillBatcher(src, tgt, num_tokens, max_tokens, max_sentences, pool_batches=4)
-    w = AssistWorker(selector or Keep(), CandidateStream(np.arange(n), np.random.default_rng(seed)),
-                     batcher, collate=lambda b: {"id": b}, ntokens=src + tgt,
+    return src, tgt, np.maximum(src, tgt)
+
+
+def make_worker(n=2000, max_tokens=200, max_sentences=None, selector=None, seed=0, queue_size=8,
+                group_batches=4):
+    """The worker as the hook builds it; ``seed`` seeds the stream's and the worker's RNGs."""
+    src, tgt, num_tokens = data(n)
+    stream = LengthBucketStream(np.arange(n), n, src, tgt, num_tokens, max_tokens, max_sentences,
+                                np.random.default_rng(seed), group_batches=group_batches)
+    w = AssistWorker(selector or Keep(), stream, BucketBatcher(stream),
+                     collate=lambda b: {"id": b}, ntokens=src + tgt,
                      rng=np.random.default_rng(seed + 1), queue_size=queue_size, chunk=64)
     return w, num_tokens
 
@@ -71,14 +75,22 @@ def test_refilled_batches_respect_limits_and_are_full(max_tokens, max_sentences)
         w.close()
 
 
-def test_candidates_cover_the_shard_uniformly():
-    stream = CandidateStream(np.arange(10, 20), np.random.default_rng(0))
-    first = stream.take(10)
-    assert sorted(first) == list(range(10, 20)) and stream.passes == 0
-    two = stream.take(20)
-    assert sorted(two[:10]) == sorted(two[10:]) == list(range(10, 20)) and stream.passes == 2
+def test_candidates_cover_the_shard_once_per_pass():
+    src, tgt, num_tokens = data(300)
+    shard = np.arange(100, 300)
+    stream = LengthBucketStream(shard, 300, src, tgt, num_tokens, 200, None,
+                                np.random.default_rng(0))
+    first = stream.take(10 ** 6)                 # up to the end of the pass
+    assert sorted(first) == list(shard) and stream.passes == 0
+    second = stream.take(10 ** 6)
+    assert sorted(second) == list(shard) and stream.passes == 1
+    assert not np.array_equal(first, second)     # a fresh random visit order
+    some = stream.take(1)                        # whole base batches
+    assert len(some) >= 1 and any(np.array_equal(np.sort(some), np.sort(b))
+                                  for b in stream.batches)
     with pytest.raises(ValueError, match="empty"):
-        CandidateStream(np.array([], dtype=np.int64), np.random.default_rng(0))
+        LengthBucketStream(np.array([], dtype=np.int64), 300, src, tgt, num_tokens, 200, None,
+                           np.random.default_rng(0))
 
 
 def test_losses_reach_the_assistant_without_blocking():
@@ -121,6 +133,7 @@ def test_snapshot_restore_continues_identically():
     try:
         for _ in range(5):
             w.next_batch()
+        assert wait_for(lambda: w.pending() > 0, 5)
         st = w.snapshot()
         pending = [b for b in st["pending"]]
         assert pending, "the worker prefetches batches"
@@ -216,14 +229,14 @@ def test_refill_is_bounded_when_nothing_is_kept(caplog):
         w.close()
 
 
-def test_refill_cuts_an_unfilled_pool_after_one_pass():
-    """A pool that one pass cannot fill (here: a pool far larger than the shard) is cut as it
-    is after a pass, under-full batches included, instead of drawing candidates forever."""
-    w, num_tokens = make_worker(selector=Keep(p_odd=0.0), max_tokens=200)
-    w.batcher.pool_batches = 10 ** 6
+def test_refill_batches_what_one_pass_kept_when_no_batch_is_ready():
+    """A group that one pass cannot close (here: one group over the whole shard, so its last
+    batch waits for the pass to end) is batched as it is after a pass, under-full batches
+    included, instead of drawing candidates forever."""
+    w, num_tokens = make_worker(selector=Keep(p_odd=0.0), max_tokens=200, group_batches=10 ** 6)
     try:
         done, out = _in_thread(lambda: [w.next_batch()[0] for _ in range(3)], timeout=20)
-        assert done, "next_batch hangs while the pool cannot fill"
+        assert done, "next_batch hangs while the group cannot close"
         assert all(np.all(b % 2 == 0) and len(b) * num_tokens[b].max() <= 200
                    for b in out["result"])
         assert w.counters["forced_refills"] == 0
@@ -278,82 +291,18 @@ def test_snapshot_with_an_empty_pool_loads_under_weights_only():
         w.close()
 
 
-def test_features_match_tfidf_and_are_rebuilt_when_data_changes(tiny_data_bin, tmp_path):
-    from sklearn.feature_extraction.text import TfidfTransformer
-
-    data = str(tmp_path / "bin")
-    shutil.copytree(tiny_data_bin, data)
-    for f in os.listdir(data):
-        if ".assist-tfidf." in f:
-            os.remove(os.path.join(data, f))
-    sv, nspec = F._dict_size(data, "src")
-    tv, _ = F._dict_size(data, "tgt")
-    x, path = F.load_or_build(data, "train", "src", "tgt", sv, tv, nspec)
-    assert os.path.isfile(path) and x.dtype == np.float32
-    # reference: dense term counts of the same token ids through sklearn's transformer
-    prefix = F.split_prefix(data, "train", "src", "tgt")
-    s_tok, s_sizes = F.read_token_ids(prefix + "src")
-    t_tok, t_sizes = F.read_token_ids(prefix + "tgt")
-    counts = np.zeros((len(s_sizes), sv + tv))
-    so, to = np.concatenate([[0], np.cumsum(s_sizes)]), np.concatenate([[0], np.cumsum(t_sizes)])
-    for i in range(len(s_sizes)):
-        for t in s_tok[so[i]:so[i + 1]]:
-            if t >= nspec:
-                counts[i, t] += 1
-        for t in t_tok[to[i]:to[i + 1]]:
-            if t >= nspec:
-                counts[i, sv + t] += 1
-    ref = TfidfTransformer().fit_transform(sp.csr_matrix(counts))
-    np.testing.assert_allclose(x.toarray(), ref.toarray(), rtol=1e-5, atol=1e-6)
-    # cached: the same file is reused
-    mtime = os.path.getmtime(path)
-    x2, path2 = F.load_or_build(data, "train", "src", "tgt", sv, tv, nspec)
-    assert path2 == path and os.path.getmtime(path) == mtime
-    # data changed (same size, one token id altered): new checksum, features rebuilt
-    bin_path = prefix + "tgt.bin"
-    raw = np.fromfile(bin_path, dtype=t_tok.dtype)
-    raw[0] = nspec if raw[0] != nspec else nspec + 1
-    raw.tofile(bin_path)
-    x3, path3 = F.load_or_build(data, "train", "src", "tgt", sv, tv, nspec)
-    assert path3 != path and not os.path.exists(path)
-    assert (x3 != x).nnz > 0
-
-
-def test_featurize_cli(tiny_data_bin, tmp_path, capsys):
-    data = str(tmp_path / "bin")
-    shutil.copytree(tiny_data_bin, data)
-    assert F.main([data]) == 0
-    out = capsys.readouterr().out
-    assert "600 pairs" in out and ".assist-tfidf." in out
-    with pytest.raises(SystemExit) as e:
-        F.main([str(tmp_path / "missing")])
-    assert e.value.code == 2
-
-
-def test_batches_per_pass_counts_one_pass_through_the_pool():
+def test_batches_per_pass_is_fairseqs_batch_count_and_leaves_the_pool_alone():
     from fairseq.data import data_utils
 
-    rng = np.random.default_rng(5)
-    src, tgt = rng.integers(3, 30, 3000), rng.integers(3, 30, 3000)
-    num_tokens = np.maximum(src, tgt).astype(np.int64)
-    order = rng.permutation(3000)
-
-    def fairseq_batches():
-        idx = np.lexsort((src, tgt))
-        return len(data_utils.batch_by_size(idx, num_tokens_fn=lambda i: int(num_tokens[i]),
-                                            num_tokens_vec=num_tokens[idx], max_tokens=200))
-
-    small = RefillBatcher(src, tgt, num_tokens, 200, None, pool_batches=2)
-    small.add(np.array([7, 8]))
-    n_small = small.batches_per_pass(order, chunk=64)
-    assert list(small.pool) == [7, 8]  # the live pool is left as it was
-    # feeding the pass by hand gives the same count
-    manual = RefillBatcher(src, tgt, num_tokens, 200, None, pool_batches=2)
-    fed = 0
-    for s in range(0, 3000, 64):
-        manual.add(order[s:s + 64])
-        fed += len(manual.pop_batches(np.random.default_rng(0)))
-    assert fed < n_small <= fed + 2
-    # a pool as large as the data sorts it all at once, as fairseq does; a small one wastes more
-    big = RefillBatcher(src, tgt, num_tokens, 200, None, pool_batches=10 ** 6)
-    assert big.batches_per_pass(order) == fairseq_batches() < n_small
+    w, num_tokens = make_worker(n=3000, max_tokens=200)
+    src, tgt, _ = data(3000)
+    try:
+        w.batcher.pool = np.array([7, 8])
+        idx = np.lexsort((tgt, src))             # fairseq's order: by source, then target length
+        expected = len(data_utils.batch_by_size(
+            idx, num_tokens_fn=lambda i: int(num_tokens[i]), num_tokens_vec=num_tokens[idx],
+            max_tokens=200))
+        assert w.batcher.batches_per_pass() == expected
+        assert list(w.batcher.pool) == [7, 8]    # the live pool is left as it was
+    finally:
+        w.close()

@@ -1,5 +1,6 @@
-"""The AutoAssist feature cache: verified by its own sha256 and the data-bin's shape, rebuilt
-with a warning naming the file when it is damaged, never unpickled."""
+"""TF-IDF features of the pairs (assist/features.py) and their cache: verified by its own
+sha256 and the data-bin's shape, rebuilt with a warning naming the file when it is damaged,
+never unpickled."""
 import json
 import logging
 import os
@@ -108,3 +109,55 @@ def test_oversized_array_header_is_refused_before_allocation(data, caplog):
     with caplog.at_level(logging.WARNING):
         x2, _ = data()
     assert (x2 != x).nnz == 0 and path in caplog.text
+
+
+def test_features_match_tfidf_and_are_rebuilt_when_data_changes(tiny_data_bin, tmp_path):
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    data = str(tmp_path / "bin")
+    shutil.copytree(tiny_data_bin, data)
+    for f in os.listdir(data):
+        if ".assist-tfidf." in f:
+            os.remove(os.path.join(data, f))
+    sv, nspec = F._dict_size(data, "src")
+    tv, _ = F._dict_size(data, "tgt")
+    x, path = F.load_or_build(data, "train", "src", "tgt", sv, tv, nspec)
+    assert os.path.isfile(path) and x.dtype == np.float32
+    # reference: dense term counts of the same token ids through sklearn's transformer
+    prefix = F.split_prefix(data, "train", "src", "tgt")
+    s_tok, s_sizes = F.read_token_ids(prefix + "src")
+    t_tok, t_sizes = F.read_token_ids(prefix + "tgt")
+    counts = np.zeros((len(s_sizes), sv + tv))
+    so, to = np.concatenate([[0], np.cumsum(s_sizes)]), np.concatenate([[0], np.cumsum(t_sizes)])
+    for i in range(len(s_sizes)):
+        for t in s_tok[so[i]:so[i + 1]]:
+            if t >= nspec:
+                counts[i, t] += 1
+        for t in t_tok[to[i]:to[i + 1]]:
+            if t >= nspec:
+                counts[i, sv + t] += 1
+    ref = TfidfTransformer().fit_transform(sp.csr_matrix(counts))
+    np.testing.assert_allclose(x.toarray(), ref.toarray(), rtol=1e-5, atol=1e-6)
+    # cached: the same file is reused
+    mtime = os.path.getmtime(path)
+    x2, path2 = F.load_or_build(data, "train", "src", "tgt", sv, tv, nspec)
+    assert path2 == path and os.path.getmtime(path) == mtime
+    # data changed (same size, one token id altered): new checksum, features rebuilt
+    bin_path = prefix + "tgt.bin"
+    raw = np.fromfile(bin_path, dtype=t_tok.dtype)
+    raw[0] = nspec if raw[0] != nspec else nspec + 1
+    raw.tofile(bin_path)
+    x3, path3 = F.load_or_build(data, "train", "src", "tgt", sv, tv, nspec)
+    assert path3 != path and not os.path.exists(path)
+    assert (x3 != x).nnz > 0
+
+
+def test_featurize_cli(tiny_data_bin, tmp_path, capsys):
+    data = str(tmp_path / "bin")
+    shutil.copytree(tiny_data_bin, data)
+    assert F.main([data]) == 0
+    out = capsys.readouterr().out
+    assert "600 pairs" in out and ".assist-tfidf." in out
+    with pytest.raises(SystemExit) as e:
+        F.main([str(tmp_path / "missing")])
+    assert e.value.code == 2
