@@ -13,8 +13,9 @@ GRID = 200
 
 
 def _band(curves):
-    """Mean and range of several ``(x, y)`` curves on a common grid (each only inside its own
-    x range; a grid point covered by no curve is dropped)."""
+    """Mean and range of several ``(x, y)`` curves on a common grid. A curve counts from its
+    first point on; a run that ended (early stopping, a smaller budget) is held at its last
+    value after it, so the mean never jumps where a seed stops."""
     hi = max(float(x[-1]) for x, _ in curves)
     lo = min(float(x[0]) for x, _ in curves)
     grid = np.linspace(lo, hi, GRID)
@@ -22,6 +23,7 @@ def _band(curves):
     for i, (x, y) in enumerate(curves):
         inside = (grid >= x[0]) & (grid <= x[-1])
         ys[i, inside] = np.interp(grid[inside], x, y)
+        ys[i, grid > x[-1]] = y[-1]
     keep = ~np.all(np.isnan(ys), axis=0)
     ys = ys[:, keep]
     return grid[keep], np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)

@@ -21,3 +21,19 @@ def test_one_png_per_axis_and_techniques_only_when_logged(tmp_path):
     write_log(str(runs / "fast.seed1" / "train.log"), [4.5, 3.5], extra={"keep_rate": 0.7})
     doc = build_report([str(runs)], str(tmp_path / "rep2"), plots=False)
     assert "techniques.png" in {p.rsplit("/", 1)[-1] for p in write_plots(doc, str(out))}
+
+
+def test_a_seed_that_stopped_early_is_held_at_its_last_value():
+    import numpy as np
+
+    from fairseq_efficiency.report.plots import _band
+
+    long = (np.array([0.0, 10.0]), np.array([4.0, 2.0]))
+    short = (np.array([0.0, 5.0]), np.array([4.0, 1.0]))  # early stopping at x = 5
+    grid, mean, lo, hi = _band([long, short])
+    after = grid > 5
+    assert np.allclose(mean[after], (np.interp(grid[after], *long) + 1.0) / 2)
+    assert np.allclose(lo[after], np.minimum(np.interp(grid[after], *long), 1.0))
+    late = (np.array([4.0, 10.0]), np.array([3.0, 3.0]))  # not there before its first point
+    grid, mean, _, _ = _band([long, late])
+    assert np.allclose(mean[grid < 4], np.interp(grid[grid < 4], *long))
