@@ -45,7 +45,7 @@ def prune_main(argv=None):
     parser.add_argument("-o", "--output", required=True,
                         help="pruned checkpoint to write (with --analyze: output directory)")
     parser.add_argument("--scheme", default=None,
-                        help=f"one of {', '.join(SCHEMES)} (default class-blind; with --analyze "
+                        help=f"one of {', '.join(SCHEMES)} (default lamp; with --analyze "
                              "default: all three)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="fraction of the prunable weights to prune, in [0, 1) "
@@ -107,7 +107,7 @@ def prune_main(argv=None):
             print(analysis.format_breakdown(rows))
             print(f"wrote {len(written)} files into {out_dir}")
             return 0
-        scheme = check_scheme(args.scheme or "class-blind")
+        scheme = check_scheme(args.scheme or "lamp")
         check_class_cap(args.max_class_ratio, ratio, "--max-class-ratio")
         retrain = None
         if args.retrain is not None:

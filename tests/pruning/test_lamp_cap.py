@@ -109,7 +109,7 @@ def test_collapse_warning_in_table_and_log(caplog):
         model = Toy()
         with torch.no_grad():
             model.encoder.embed_tokens.weight.mul_(0.001)  # a class of tiny weights
-        hook = PruningHook(PruningConfig(prune_ratio=0.7, prune_at_update=1,
+        hook = PruningHook(PruningConfig(prune_ratio=0.7, prune_scheme="class-blind", prune_at_update=1,
                                          prune_max_class_ratio=cap))
         hook.on_model_built(model)
         caplog.clear()
