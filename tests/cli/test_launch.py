@@ -85,16 +85,26 @@ SLEEPER = ("import os, sys, time; d = os.environ['PID_DIR']; "
            "time.sleep(120)")
 
 
+def _default_stop_signals():
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start_launcher(tmp_path, rank_code=SLEEPER):
     import subprocess
 
     env = cli_env()
     env["PID_DIR"] = str(tmp_path)
     # the same code as the console script
+    # the launcher as started from a terminal: a test run under `nohup ... &` would hand it
+    # SIGHUP and SIGINT ignored, which the launcher deliberately keeps ignored
     proc = subprocess.Popen(
         [sys.executable, "-m", "fairseq_efficiency.cli.launch", "--nproc", "2", "--",
          sys.executable, "-c", rank_code],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_stop_signals)
     pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
     assert wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
         proc.stderr.read() if proc.poll() is not None else "ranks did not start"
