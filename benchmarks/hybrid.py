@@ -29,6 +29,10 @@ from fairseq_efficiency.parallel.pipeline import WavefrontPipeline  # noqa: E402
 from fairseq_efficiency.parallel.seq2seq import HybridSeq2Seq, batch_bounds  # noqa: E402
 from fairseq_efficiency.parallel.spawn import run_ranks  # noqa: E402
 
+# per-update breakdown (ms, per rank): compute and time blocked on the other rank in forward
+# (pipeline + head + loss) and backward, the gradient all-reduce, and the optimizer step
+PHASES = ("fwd compute", "fwd wait", "bwd compute", "bwd wait", "all-reduce", "optimizer")
+
 # a larger lexicon than the demo's, so that the target vocabulary is >= 8k types
 CORPUS = CorpusConfig(seed=7, train_size=20000, valid_size=200, test_size=200,
                       nouns=2000, verbs=1000, adjectives=800, adverbs=300, max_len=40)
@@ -68,7 +72,10 @@ def bench_rank(rank, world, mode, chunks, model_kw, batches, warmup, pad):
         per = [b - a for a, b in batch_bounds(model_kw["layers"], world)]  # layers per stage
         pipe = WavefrontPipeline(model.encoder, model.decoder, per, chunks)
 
+    phases = dict.fromkeys(PHASES, 0.0)
+
     def step(src, prev, tgt):
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         ntok = int(tgt.ne(pad).sum())
         if pipe is None:
@@ -79,7 +86,11 @@ def bench_rank(rank, world, mode, chunks, model_kw, batches, warmup, pad):
             target = tgt[lo:hi]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                ignore_index=pad, reduction="sum") / ntok
+        t1 = time.perf_counter()
+        wait_fwd = pipe.pop_wait() if pipe is not None else 0.0
         loss.backward()
+        t2 = time.perf_counter()
+        wait_bwd = pipe.pop_wait() if pipe is not None else 0.0
         if world > 1:  # fairseq legacy_ddp: one flat all-reduce (sum) of every gradient
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).view(-1)
                               for p in params])
@@ -89,13 +100,19 @@ def bench_rank(rank, world, mode, chunks, model_kw, batches, warmup, pad):
                 n = p.numel()
                 p.grad = flat[off:off + n].view_as(p)
                 off += n
+        t3 = time.perf_counter()
         opt.step()
+        t4 = time.perf_counter()
+        for name, dt in zip(PHASES, (t1 - t0 - wait_fwd, wait_fwd, t2 - t1 - wait_bwd, wait_bwd,
+                                     t3 - t2, t4 - t3)):
+            phases[name] += dt
 
     for b in batches[:warmup]:
         step(*b)
     if world > 1:
         dist.barrier()
     t0 = time.perf_counter()
+    phases.update(dict.fromkeys(PHASES, 0.0))
     for b in batches[warmup:]:
         step(*b)
     if world > 1:
@@ -103,7 +120,8 @@ def bench_rank(rank, world, mode, chunks, model_kw, batches, warmup, pad):
     elapsed = time.perf_counter() - t0
     src_tok = sum(int(s.ne(pad).sum()) for s, _, _ in batches[warmup:])
     tgt_tok = sum(int(t.ne(pad).sum()) for _, _, t in batches[warmup:])
-    return elapsed, src_tok, tgt_tok
+    n = max(1, len(batches) - warmup)
+    return elapsed, src_tok, tgt_tok, {k: 1000 * v / n for k, v in phases.items()}
 
 
 def uptime():
@@ -147,12 +165,13 @@ def main(argv=None):
                  ("1 rank x 2 threads", 1, 2, "single", 1)]
     runs += [(f"2 ranks x 1 thread, {c} chunks", 2, 1, "hybrid", c)
              for c in (chunk_list[:1] if args.quick else chunk_list)]
-    rows = []
+    rows, breakdown = [], []
     for name, world, threads, mode, chunks in runs:
         res = run_ranks(bench_rank, world, mode, chunks, model_kw, batches, args.warmup, pad,
                         threads=threads, timeout=3600)
         elapsed = max(r[0] for r in res)
         rows.append((name, res[0][1] / elapsed, res[0][2] / elapsed))
+        breakdown += [(name, r, res[r][3]) for r in range(world)]
         print(f"  done: {name}: {elapsed:.1f} s", flush=True)
     base = rows[0][1] if not args.quick else None
     print(f"# load after: {uptime()}")
@@ -161,6 +180,13 @@ def main(argv=None):
     for name, src_tps, tgt_tps in rows:
         scale = f"{src_tps / base:.2f}x" if base else "-"
         print(f"| {name} | {src_tps:,.0f} | {tgt_tps:,.0f} | {scale} |")
+    print()
+    print("Per update, ms (rank 0 = first pipeline stage, with the embeddings):")
+    print("| configuration | rank | " + " | ".join(PHASES) + " | total |")
+    print("|---|---:|" + "---:|" * (len(PHASES) + 1))
+    for name, r, ph in breakdown:
+        print(f"| {name} | {r} | " + " | ".join(f"{ph[k]:.0f}" for k in PHASES)
+              + f" | {sum(ph.values()):.0f} |")
     return 0
 
 
