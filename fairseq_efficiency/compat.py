@@ -39,6 +39,15 @@ with ``shutil.copyfile``: a kill during that copy leaves a truncated
 in the same directory, ``fsync`` and ``os.replace`` (:func:`atomic_copy`), and a
 resume that finds an unreadable ``checkpoint_last.pt`` continues from the
 newest readable ``checkpoint*.pt`` beside it, with a warning naming both.
+
+Best checkpoint and early stopping after the model changes
+----------------------------------------------------------
+fairseq keeps the best validation loss so far on two functions
+(``checkpoint_utils.save_checkpoint.best`` for ``checkpoint_best.pt`` and
+``fairseq_cli.train.should_stop_early.best`` for ``--patience``). After a
+pruning event those losses belong to a denser model: ``checkpoint_best.pt``
+would keep the unpruned weights and ``--patience`` would stop training before
+the pruned model had recovered. :func:`restart_best_tracking` forgets both.
 """
 import argparse
 import ast
@@ -423,6 +432,25 @@ def _broadcast_object_slow(obj, src_rank, group, dist_device):
     data = torch.ByteTensor(int(length.item())).to(dist_device)
     broadcast(data, src=src_rank, group=group)
     return torch.load(io.BytesIO(data.cpu().numpy()), map_location="cpu", weights_only=False)
+
+
+def restart_best_tracking():
+    """Forget fairseq's best validation loss (``checkpoint_best.pt`` and ``--patience``) so
+    that both count from the model as it is now. ``fairseq-train`` runs as
+    ``fairseq_cli.train`` or, under ``python -m``, as ``__main__``."""
+    from fairseq import checkpoint_utils
+
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
+    for name in ("fairseq_cli.train", "__main__"):
+        fn = getattr(sys.modules.get(name), "should_stop_early", None)
+        code = getattr(fn, "__code__", None)
+        if code is None or not code.co_filename.replace(os.sep, "/").endswith(
+                "fairseq_cli/train.py"):
+            continue
+        for attr in ("best", "num_runs"):
+            if hasattr(fn, attr):
+                delattr(fn, attr)
 
 
 def install():

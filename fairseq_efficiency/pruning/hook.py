@@ -10,6 +10,8 @@ restored on resume; a checkpoint written by ``fairseq-efficiency-prune`` brings
 its masks along in the same way: the hook is then built from the checkpoint even
 without pruning flags (``restores`` in :mod:`fairseq_efficiency.techniques`), whatever
 ``--reset-*`` flags are given. Only ``--prune-drop-masks`` drops them.
+Every event restarts fairseq's best-loss tracking (``checkpoint_best.pt`` and
+``--patience``), whose earlier losses belong to the denser model.
 """
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from fairseq_efficiency import checkpoint_state
+from fairseq_efficiency.compat import restart_best_tracking
 from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.hooks import EfficiencyHook
 from fairseq_efficiency.pruning.classes import class_tensors, find_weight_classes, split_patterns
@@ -166,6 +169,9 @@ class PruningHook(EfficiencyHook):
                     format_class_table(classes, self.masks, res.thresholds))
         for line in collapse_warnings(classes, self.masks):
             logger.warning("pruning: %s", line)
+        # earlier validation losses are those of a denser model
+        restart_best_tracking()
+        logger.info("pruning: checkpoint_best.pt and --patience count from this event on")
         return res
 
     # -- training loop -------------------------------------------------------------------

@@ -88,6 +88,22 @@ def test_gradual_schedule(tiny_data_bin, tmp_path):
     assert masks.sparsity() == pytest.approx(0.7, abs=1e-3)
 
 
+def test_best_checkpoint_and_patience_after_pruning(baseline, tiny_data_bin, tmp_path):
+    """Validation losses of the dense model neither stay checkpoint_best.pt nor stop the run."""
+    d = str(tmp_path)
+    res = run_cli("fairseq_cli.train", train_args(
+        tiny_data_bin, d, *TASK, "--finetune-from-model", baseline, "--prune-ratio", "0.9",
+        "--prune-at-update", "2", "--validate-interval-updates", "1",
+        "--save-interval-updates", "1", "--no-epoch-checkpoints", "--patience", "1",
+        "--max-update", "4"))
+    out = res.stderr + res.stdout
+    assert "pruning event 1" in out and "early stop" not in out
+    best = load(os.path.join(d, "checkpoint_best.pt"))
+    assert best["optimizer_history"][-1]["num_updates"] > 2
+    assert masks_of(best).sparsity() == pytest.approx(0.9, abs=1e-3)
+    assert_masks_hold(best, masks_of(best))
+
+
 def test_offline_prune_generate_retrain_export(baseline, tiny_data_bin, tmp_path, capsys):
     out = str(tmp_path / "p80.pt")
     before = os.path.getmtime(baseline)

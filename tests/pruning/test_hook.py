@@ -89,3 +89,49 @@ def test_idle_without_flags_or_masks():
     run(hook, model, opt, 2)
     assert hook.masks is None and hook.state_dict() == {}
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_event_restarts_best_checkpoint_and_patience(monkeypatch):
+    """After an event, fairseq's best loss (checkpoint_best.pt, --patience) is forgotten."""
+    from fairseq import checkpoint_utils
+    from fairseq_cli import train as fairseq_train
+
+    stop = fairseq_train.should_stop_early
+    saved = [(fn, a, getattr(fn, a)) for fn, a in ((checkpoint_utils.save_checkpoint, "best"),
+                                                   (stop, "best"), (stop, "num_runs"))
+             if hasattr(fn, a)]
+    try:
+        _check_restart(monkeypatch, checkpoint_utils, stop)
+    finally:
+        for fn in (checkpoint_utils.save_checkpoint, stop):
+            for a in ("best", "num_runs"):
+                if hasattr(fn, a):
+                    delattr(fn, a)
+        for fn, a, v in saved:
+            setattr(fn, a, v)
+
+
+def _check_restart(monkeypatch, checkpoint_utils, stop):
+    import sys
+    import types
+
+    checkpoint_utils.save_checkpoint.best = 0.5
+    stop.best, stop.num_runs = 0.5, 3
+    # under ``python -m fairseq_cli.train`` the running copy is ``__main__``'s
+    main = types.ModuleType("__main__")
+    main_stop = types.FunctionType(stop.__code__, {})
+    main_stop.best, main_stop.num_runs = 0.5, 3
+    main.should_stop_early = main_stop
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    torch.manual_seed(0)
+    model = Toy()
+    hook = PruningHook(PruningConfig(prune_ratio=0.5, prune_at_update=1))
+    hook.on_model_built(model)
+    opt = FakeOptimizer(model.parameters(), lr=0.1)
+    run(hook, model, opt, 1)  # no event yet: nothing forgotten
+    assert checkpoint_utils.save_checkpoint.best == 0.5 and stop.num_runs == 3
+    run(hook, model, opt, 1, start=1)
+    assert hook.events_done == 1
+    assert not hasattr(checkpoint_utils.save_checkpoint, "best")
+    for fn in (stop, main_stop):
+        assert not hasattr(fn, "best") and not hasattr(fn, "num_runs")
