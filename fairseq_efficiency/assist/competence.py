@@ -18,6 +18,11 @@ and a candidate is kept (probability 1) iff its score is at most ``c(t)``;
 every other candidate is skipped (probability 0). Candidates are drawn
 uniformly, so the batches are uniform samples of the competent subset, as in
 Algorithm 1 of the paper. No per-sentence loss is needed.
+
+While c(t) < 1 the model is validated on sentences harder than those it trains
+on, so its validation loss may rise by design: ``checkpoint_best.pt`` and
+``--patience`` count from the end of the curriculum (the hook restarts fairseq's
+best-loss tracking at every validation before it).
 """
 import numpy as np
 
@@ -100,6 +105,10 @@ class CompetenceSelector(Selector):
     @property
     def competence(self):
         return competence(self.update, self.steps, self.c0)
+
+    @property
+    def in_curriculum(self):
+        return self.competence < 1.0
 
     def keep_prob(self, idx):
         return (self.scores[idx] <= self.competence).astype(np.float64)

@@ -30,6 +30,7 @@ from fairseq_efficiency.assist.selection import (AutoAssistSelector, DynamicSamp
                                                  SelfPacedSelector)
 from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
 from fairseq_efficiency.assist.worker import AssistWorker
+from fairseq_efficiency.compat import restart_best_tracking
 from fairseq_efficiency.errors import PluginConfigError
 from fairseq_efficiency.hooks import EfficiencyHook
 
@@ -66,6 +67,7 @@ class InstanceSelectionHook(EfficiencyHook):
         self.update_num = 0
         self._gathered = None
         self._gathered_at = None
+        self._curriculum_logged = False
         self.restored_from = None  # fingerprint of the Assistant this run resumed from
         # label smoothing of the per-sentence losses the criterion reports to this hook
         self.sentence_loss_smoothing = float(getattr(cfg, "assist_loss_smoothing", 0.0))
@@ -194,6 +196,13 @@ class InstanceSelectionHook(EfficiencyHook):
             self.worker.put_losses(ids, out.sentence_loss.detach().float().cpu().numpy())
 
     def on_valid_epoch_start(self, epoch, model):
+        if self.worker is not None and self.worker.selector.in_curriculum:
+            # the losses of a model still in its curriculum do not compare with later ones
+            if not self._curriculum_logged:
+                logger.info("%s: checkpoint_best.pt and --patience count from the end of "
+                            "the curriculum", self.selection)
+                self._curriculum_logged = True
+            restart_best_tracking()
         if self.worker is not None and self.world > 1:
             self._gathered = _all_gather(self._snapshot(), self.world)
             self._gathered_at = self.update_num

@@ -37,6 +37,12 @@ class Selector:
     #: that kept nothing for a whole pass never forces such candidates in
     zero_is_final = False
 
+    @property
+    def in_curriculum(self):
+        """True while the policy still withholds part of the data by rule (a curriculum):
+        validation losses are then not comparable with those of the finished schedule."""
+        return False
+
     def keep_prob(self, idx):
         raise NotImplementedError
 

@@ -135,3 +135,40 @@ def test_invalid_competence_options_are_rejected():
                            ("competence_c0", 0.0, "--competence-c0 must be in (0, 1], got 0.0")]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             validate(SimpleNamespace(**{**vars(cfg), name: bad}))
+
+
+def test_best_checkpoint_and_patience_count_from_the_end_of_the_curriculum():
+    """While c(t) < 1 every validation restarts fairseq's best-loss tracking; after, never."""
+    from types import SimpleNamespace
+
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.options import get_training_parser, parse_args_and_arch
+    from fairseq_cli import train as fairseq_train
+
+    from fairseq_efficiency.assist.hook import InstanceSelectionHook
+
+    save, stop = checkpoint_utils.save_checkpoint, fairseq_train.should_stop_early
+    before = {(fn, a): getattr(fn, a) for fn in (save, stop) for a in ("best", "num_runs")
+              if hasattr(fn, a)}
+    try:
+        parser = get_training_parser()
+        args = parse_args_and_arch(parser, ["data", "--task", "translation_efficiency",
+                                            "--arch", "lstm", "--instance-selection",
+                                            "competence", "--competence-steps", "10"])
+        hook = InstanceSelectionHook(convert_namespace_to_omegaconf(args).task, "competence")
+        selector = CompetenceSelector(np.zeros(4), steps=10)
+        hook.worker = SimpleNamespace(selector=selector)
+        for update, forgotten in ((3, True), (9, True), (10, False), (25, False)):
+            save.best, stop.best, stop.num_runs = 0.5, 0.5, 2
+            selector.set_update(update)
+            hook.on_valid_epoch_start(1, None)
+            assert hasattr(save, "best") != forgotten, update
+            assert hasattr(stop, "best") != forgotten and hasattr(stop, "num_runs") != forgotten
+    finally:
+        for fn in (save, stop):
+            for a in ("best", "num_runs"):
+                if hasattr(fn, a):
+                    delattr(fn, a)
+        for (fn, a), v in before.items():
+            setattr(fn, a, v)
