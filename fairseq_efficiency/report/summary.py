@@ -25,13 +25,29 @@ def stats(values) -> Optional[dict]:
             "n": len(vals), "values": vals}
 
 
+def final_model_valid(c) -> list:
+    """Validation points of the run's final model structure: with pruning (a logged
+    ``sparsity``), those from the first training record at the final sparsity on, since
+    losses before the last pruning event are those of a denser model (a validation between
+    that record and the one before it may be of either and is left out)."""
+    sp = [(p.updates, p.metrics["sparsity"]) for p in c.train if "sparsity" in p.metrics]
+    if not sp:
+        return c.valid
+    final, since = sp[-1][1], sp[-1][0]
+    for u, v in reversed(sp):
+        if abs(v - final) > 1e-4:
+            break
+        since = u
+    return [p for p in c.valid if p.updates >= since]
+
+
 def run_figures(run: Run, target: Optional[float]) -> dict:
     c = run.curves
     last = c.train[-1] if c.train else None
     cross = cost_to_target(c, target) if target is not None else None
     return {
         "method": run.method, "seed": run.seed, "log": run.log,
-        "best_valid_loss": min((p.loss for p in c.valid), default=None),
+        "best_valid_loss": min((p.loss for p in final_model_valid(c)), default=None),
         "bleu": run.bleu,
         "boss_tokens": last.tokens if last else None,
         "updates": c.updates,

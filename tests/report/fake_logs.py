@@ -12,8 +12,9 @@ def _rec(tag, d):
 
 
 def write_log(path, epochs, per_epoch=10, wpb=100.0, sec_per_update=2.0, interval=5, start=0,
-              loaded=None, extra=None, finetune=None):
-    """A fairseq console json log: ``epochs`` valid losses, ``per_epoch`` updates each."""
+              loaded=None, extra=None, finetune=None, epoch_extra=None):
+    """A fairseq console json log: ``epochs`` valid losses, ``per_epoch`` updates each;
+    ``extra``: metrics of every train record, ``epoch_extra``: one dict per epoch."""
     lines = [CONFIG % (os.path.dirname(path), repr(finetune))]
     if loaded is not None:
         lines.append(f"2026-01-01 | INFO | fairseq.trainer | Loaded checkpoint x.pt (epoch 2 @ "
@@ -25,7 +26,8 @@ def write_log(path, epochs, per_epoch=10, wpb=100.0, sec_per_update=2.0, interva
             lines.append(_rec("train_inner", {"epoch": e, "loss": loss + 1, "wpb": wpb,
                                               "num_updates": u,
                                               "wall": (u - start) * sec_per_update,
-                                              **(extra or {})}))
+                                              **(extra or {}),
+                                              **(epoch_extra[e - 1] if epoch_extra else {})}))
         lines.append(_rec("valid", {"epoch": e, "valid_loss": loss, "valid_num_updates": u}))
         lines.append(_rec("train", {"epoch": e, "train_loss": loss + 1, "train_wpb": wpb,
                                     "train_num_updates": u,

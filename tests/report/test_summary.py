@@ -60,3 +60,15 @@ def test_default_target_is_the_worst_baseline_seed_best(tmp_path):
     methods = assign_methods(discover([str(tmp_path / "r")]))
     assert default_target(methods, "b") == pytest.approx(3.3)
 
+
+
+def test_best_valid_loss_counts_only_the_final_sparsity(tmp_path):
+    """Gradual pruning: the denser model's earlier (lower) losses are not the run's best."""
+    out = tmp_path / "runs"
+    sparsity = [{"sparsity": 0.44}, {"sparsity": 0.84}, {"sparsity": 0.9}, {"sparsity": 0.9}]
+    write_log(str(out / "gradual.seed1" / "train.log"), [1.0, 1.5, 2.2, 2.0],
+              epoch_extra=sparsity)
+    write_log(str(out / "dense.seed1" / "train.log"), [1.0, 1.5, 2.2, 2.0])
+    doc = build_report([str(out)], str(tmp_path / "rep"), baseline="dense", plots=False)
+    assert doc["methods"]["gradual"]["best_valid_loss"]["mean"] == pytest.approx(2.0)
+    assert doc["methods"]["dense"]["best_valid_loss"]["mean"] == pytest.approx(1.0)
