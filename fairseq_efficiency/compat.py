@@ -47,7 +47,8 @@ fairseq keeps the best validation loss so far on two functions
 ``fairseq_cli.train.should_stop_early.best`` for ``--patience``). After a
 pruning event those losses belong to a denser model: ``checkpoint_best.pt``
 would keep the unpruned weights and ``--patience`` would stop training before
-the pruned model had recovered. :func:`restart_best_tracking` forgets both.
+the pruned model had recovered; during a curriculum they belong to a model
+trained on part of the data. :func:`restart_best_tracking` forgets both.
 """
 import argparse
 import ast

@@ -1,4 +1,5 @@
 """Helpers shared by the tests: tiny corpus settings and a fairseq CLI runner."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -86,3 +87,24 @@ def wait_for(cond, timeout):
             return True
         time.sleep(0.05)
     return cond()
+
+
+@contextlib.contextmanager
+def fairseq_best_state():
+    """Yield fairseq's ``(save_checkpoint, should_stop_early)`` and put back the best-loss
+    attributes they held (tests that set or forget them leave no trace)."""
+    from fairseq import checkpoint_utils
+    from fairseq_cli import train as fairseq_train
+
+    fns = (checkpoint_utils.save_checkpoint, fairseq_train.should_stop_early)
+    saved = [(fn, a, getattr(fn, a)) for fn in fns for a in ("best", "num_runs")
+             if hasattr(fn, a)]
+    try:
+        yield fns
+    finally:
+        for fn in fns:
+            for a in ("best", "num_runs"):
+                if hasattr(fn, a):
+                    delattr(fn, a)
+        for fn, a, v in saved:
+            setattr(fn, a, v)

@@ -13,7 +13,7 @@ from fairseq_efficiency.assist.competence import (CompetenceSelector, competence
                                                   rarity_difficulty)
 from fairseq_efficiency.assist.bucketing import BucketBatcher, LengthBucketStream
 from fairseq_efficiency.assist.worker import AssistWorker
-from tests.helpers import run_cli, train_args
+from tests.helpers import fairseq_best_state, run_cli, train_args
 
 
 def test_competence_schedule_values():
@@ -141,17 +141,12 @@ def test_best_checkpoint_and_patience_count_from_the_end_of_the_curriculum():
     """While c(t) < 1 every validation restarts fairseq's best-loss tracking; after, never."""
     from types import SimpleNamespace
 
-    from fairseq import checkpoint_utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.options import get_training_parser, parse_args_and_arch
-    from fairseq_cli import train as fairseq_train
 
     from fairseq_efficiency.assist.hook import InstanceSelectionHook
 
-    save, stop = checkpoint_utils.save_checkpoint, fairseq_train.should_stop_early
-    before = {(fn, a): getattr(fn, a) for fn in (save, stop) for a in ("best", "num_runs")
-              if hasattr(fn, a)}
-    try:
+    with fairseq_best_state() as (save, stop):
         parser = get_training_parser()
         args = parse_args_and_arch(parser, ["data", "--task", "translation_efficiency",
                                             "--arch", "lstm", "--instance-selection",
@@ -165,10 +160,3 @@ def test_best_checkpoint_and_patience_count_from_the_end_of_the_curriculum():
             hook.on_valid_epoch_start(1, None)
             assert hasattr(save, "best") != forgotten, update
             assert hasattr(stop, "best") != forgotten and hasattr(stop, "num_runs") != forgotten
-    finally:
-        for fn in (save, stop):
-            for a in ("best", "num_runs"):
-                if hasattr(fn, a):
-                    delattr(fn, a)
-        for (fn, a), v in before.items():
-            setattr(fn, a, v)

@@ -3,6 +3,7 @@ import torch
 
 from fairseq_efficiency.hooks import StepOutput
 from fairseq_efficiency.pruning.hook import PruningConfig, PruningHook
+from tests.helpers import fairseq_best_state
 from tests.pruning.test_masks import Toy, loss_of
 
 
@@ -93,22 +94,10 @@ def test_idle_without_flags_or_masks():
 
 def test_event_restarts_best_checkpoint_and_patience(monkeypatch):
     """After an event, fairseq's best loss (checkpoint_best.pt, --patience) is forgotten."""
-    from fairseq import checkpoint_utils
-    from fairseq_cli import train as fairseq_train
+    from types import SimpleNamespace
 
-    stop = fairseq_train.should_stop_early
-    saved = [(fn, a, getattr(fn, a)) for fn, a in ((checkpoint_utils.save_checkpoint, "best"),
-                                                   (stop, "best"), (stop, "num_runs"))
-             if hasattr(fn, a)]
-    try:
-        _check_restart(monkeypatch, checkpoint_utils, stop)
-    finally:
-        for fn in (checkpoint_utils.save_checkpoint, stop):
-            for a in ("best", "num_runs"):
-                if hasattr(fn, a):
-                    delattr(fn, a)
-        for fn, a, v in saved:
-            setattr(fn, a, v)
+    with fairseq_best_state() as (save, stop):
+        _check_restart(monkeypatch, SimpleNamespace(save_checkpoint=save), stop)
 
 
 def _check_restart(monkeypatch, checkpoint_utils, stop):
