@@ -166,6 +166,8 @@ def launch(argv, nproc=2, threads_per_rank=1, port=None, log_dir=None, env=None,
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     if threads_per_rank < 1:
         raise ValueError(f"--threads-per-rank must be >= 1, got {threads_per_rank}")
+    if not grace >= 0:  # also NaN
+        raise ValueError(f"--grace must be >= 0 seconds, got {grace}")
     prefix, args = _command(argv)
     hydra = os.path.basename(argv[0]) == "fairseq-hydra-train"
     port = port or free_port()
@@ -215,17 +217,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="fairseq-efficiency-launch",
         description="Run a fairseq command as N data-parallel CPU (gloo) ranks.",
-        usage="%(prog)s [--nproc N] [--threads-per-rank T] [--port P] [--log-dir D] -- fairseq-train ...",
+        usage="%(prog)s [--nproc N] [--threads-per-rank T] [--port P] [--log-dir D] [--grace S] "
+              "-- fairseq-train ...",
     )
     parser.add_argument("--nproc", type=int, default=2, help="number of ranks")
     parser.add_argument("--threads-per-rank", type=int, default=1, help="OMP_NUM_THREADS of each rank")
     parser.add_argument("--port", type=int, default=None, help="TCP port for the rendezvous (default: a free one)")
     parser.add_argument("--log-dir", default=None, help="write ranks 1..N-1 output to LOG_DIR/rankR.log")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="seconds the ranks get to exit after a stop signal before SIGKILL "
+                             "(a second signal cuts it short; default 10)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the fairseq command after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        return launch(command, args.nproc, args.threads_per_rank, args.port, args.log_dir)
+        return launch(command, args.nproc, args.threads_per_rank, args.port, args.log_dir,
+                      grace=args.grace)
     except ValueError as e:
         parser.exit(2, f"fairseq-efficiency-launch: error: {e}\n")
 
