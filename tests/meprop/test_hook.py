@@ -2,6 +2,7 @@
 record handed over once the model's groups exist, optimizer state reset per stage."""
 import argparse
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -30,6 +31,13 @@ def test_mesimp_fixes_a_ratio_k_in_units_so_layers_stop_shrinking_at_k():
         _sides_with_sparse_grads(model, d)
         h.mesimp.step(opt)
     assert all(size >= 4 for size in h.mesimp.sizes().values())
+
+
+def test_mesimp_needs_a_model_with_meprop_layers():
+    from fairseq_efficiency.errors import PluginConfigError
+
+    with pytest.raises(PluginConfigError, match="needs a model with meProp layers"):
+        hook().on_model_built(nn.Sequential(nn.Linear(4, 4)))
 
 
 def test_only_meprop_layers_have_their_k_fixed():

@@ -150,8 +150,9 @@ def test_invalid_mode_rejected():
 def test_k_resolution_and_cli_parsing():
     assert resolve_k(0.05, 1000) == 50 and resolve_k(0.001, 100) == 1 and resolve_k(64, 32) == 32
     assert parse_k(0.25) == 0.25 and parse_k(32.0) == 32 and isinstance(parse_k(32.0), int)
-    for bad in (0, -1, 2.5):
-        with pytest.raises(ValueError):
+    for bad, msg in ((0, "--meprop-k must be > 0"), (-1, "--meprop-k must be > 0"),
+                     (float("nan"), "--meprop-k must be > 0"), (2.5, "must be an integer")):
+        with pytest.raises(ValueError, match=msg):
             parse_k(bad)
 
 
