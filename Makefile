@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fairseq-efficiency-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`; each test's fairseq commands run one thread per worker
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo demo-quick test test-slow bench clean
 
@@ -32,9 +34,10 @@ demo: setup
 demo-quick: setup
 	$(BIN)/fairseq-efficiency-demo --workdir demo
 
-# The CI suite (slow end-to-end runs deselected; `make test-slow` runs them).
+# The CI suite (slow end-to-end runs deselected; `make test-slow` runs them), one test file per
+# worker at a time so that a file's shared fixtures are built once.
 test: setup
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 test-slow: setup
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

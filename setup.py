@@ -27,7 +27,7 @@ setup(
         "sacrebleu>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         "plots": ["matplotlib>=3.5"],
     },
     entry_points={
