@@ -187,6 +187,6 @@ def test_ranks_that_ignore_sigterm_are_killed_after_the_grace_period(tmp_path, m
     monkeypatch.setenv("PID_DIR", str(tmp_path))
     t0 = time.time()
     rc = launch([sys.executable, "-c", STUBBORN], nproc=2, timeout=4, grace=1.0)
-    assert rc == 124 and time.time() - t0 < 15
+    assert rc == 124 and time.time() - t0 < 60  # the ranks sleep 120 s: killed, not awaited
     pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in range(2)]
     assert not any(alive(p) for p in pids)
