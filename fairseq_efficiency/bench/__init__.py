@@ -33,7 +33,9 @@ A spec (see ``benchmarks/specs/``)::
 Each run trains into ``OUT/NAME.seedN`` (``train.log``: fairseq's json log; ``command.sh``:
 the exact commands; ``done.json``: written when training and translation finished). A
 finished run is skipped; an unfinished one is started again with the same command, which
-resumes from its ``checkpoint_last.pt`` (fairseq's default ``--restore-file``).
+resumes from its ``checkpoint_last.pt`` (fairseq's default ``--restore-file``). A run being
+trained by another ``fairseq-efficiency-bench`` on the same ``OUT`` (it holds ``NAME.seedN/.lock``)
+is left to it.
 """
 import json
 import os
@@ -285,6 +287,24 @@ def _write(path, text):
     os.replace(tmp, path)
 
 
+def _claim(run):
+    """Lock ``RUN/.lock`` for this process while the run trains, so that two benches on one
+    ``--out`` never train the same run at once; the kernel drops the lock when the process
+    ends, so a crash leaves none behind. The open lock file, or ``None`` if another process
+    holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        return open(os.devnull)
+    f = open(os.path.join(run.dir, ".lock"), "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
 def _fmt(s):
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -325,7 +345,8 @@ class Runner:
         return None
 
     def run_all(self, runs: List[Run]) -> Dict[str, str]:
-        """Status per run name: done, skipped, failed or blocked."""
+        """Status per run name: done, skipped, failed, busy (another bench is training it) or
+        blocked."""
         status: Dict[str, str] = {}
         todo = []
         for r in runs:
@@ -349,7 +370,7 @@ class Runner:
         if skipped:
             self.log(f"[bench] {skipped} finished run(s) skipped")
         by_name = {r.name: r for r in runs}
-        pending, running, finished = list(todo), {}, 0
+        pending, running, finished, claims = list(todo), {}, 0, {}
         with ThreadPoolExecutor(self.jobs) as pool:
             while pending or running:
                 for r in list(pending):
@@ -357,7 +378,7 @@ class Runner:
                     if used and used + r.method.ranks > self.jobs:
                         break  # a run of more ranks than --jobs runs alone
                     dep = f"{r.method.after}.seed{r.seed}" if r.method.after else None
-                    if dep and (status.get(dep) in ("failed", "blocked") or (
+                    if dep and (status.get(dep) in ("failed", "blocked", "busy") or (
                             dep not in by_name and not os.path.isfile(
                                 os.path.join(self.out, dep, "done.json")))):
                         status[r.name] = "blocked"
@@ -367,8 +388,16 @@ class Runner:
                     if dep and dep in by_name and status.get(dep) not in ("done", "skipped"):
                         continue
                     pending.remove(r)
+                    os.makedirs(r.dir, exist_ok=True)
+                    claim = _claim(r)
+                    if claim is None:
+                        status[r.name] = "busy"
+                        self.log(f"[bench] {r.name}: being trained by another "
+                                 "fairseq-efficiency-bench; left to it")
+                        continue
                     resumed = os.path.isfile(os.path.join(r.dir, "checkpoint_last.pt"))
                     self.log(f"[bench] {r.name}: {'resuming' if resumed else 'starting'}")
+                    claims[r.name] = claim
                     running[pool.submit(self._timed, r)] = r
                 if not running:
                     break
@@ -376,6 +405,7 @@ class Runner:
                 for fut in done:
                     r = running.pop(fut)
                     err, secs = fut.result()
+                    claims.pop(r.name).close()
                     finished += 1
                     elapsed = time.time() - t0
                     left = total - finished

@@ -80,6 +80,10 @@ def main(argv=None):
         print("\n" + doc["table"])
         print(f"report: {report_dir}/report.md, report.json"
               + "".join(f", {x}" for x in doc["plots"]), flush=True)
+    busy = sorted(k for k, v in status.items() if v == "busy")
+    if busy:
+        print(f"fairseq-efficiency-bench: {len(busy)} run(s) left to another "
+              "fairseq-efficiency-bench: " + ", ".join(busy), file=sys.stderr)
     if failed:
         print(f"fairseq-efficiency-bench: {len(failed)} run(s) failed or blocked: "
               + ", ".join(failed), file=sys.stderr)

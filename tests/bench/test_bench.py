@@ -99,6 +99,28 @@ def test_scheduler_runs_jobs_in_parallel_after_their_start_and_blocks_after_a_fa
     assert not os.path.exists(tmp_path / "baseline.seed3" / "done.json")
 
 
+def test_a_run_another_bench_is_training_is_left_to_it(tmp_path):
+    import fcntl
+
+    spec = load_spec(SMOKE)
+    spec.seeds = [1, 2]
+    runs = plan(spec, str(tmp_path), "/data")
+    trained, lines = [], []
+    runner = Runner(spec, str(tmp_path), jobs=2, log=lines.append)
+    runner._execute = lambda run: trained.append(run.name)
+    os.makedirs(runs[0].dir)
+    with open(os.path.join(runs[0].dir, ".lock"), "a") as other:  # another bench's hold
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status = runner.run_all(runs)
+    assert status == {"baseline.seed1": "busy", "prune50.seed1": "blocked",
+                      "baseline.seed2": "done", "prune50.seed2": "done"}
+    assert sorted(trained) == ["baseline.seed2", "prune50.seed2"]
+    assert any("baseline.seed1: being trained by another" in x for x in lines)
+    # released (as when the other bench ends or dies): the run is trained now
+    assert runner.run_all(runs)["baseline.seed1"] == "done"
+    assert "baseline.seed1" in trained
+
+
 def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, capsys):
     out = tmp_path / "out"
     assert bench_main([SMOKE, "--out", str(out), "--methods", "baseline"]) == 0
