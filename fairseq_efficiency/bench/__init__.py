@@ -370,11 +370,11 @@ class Runner:
         if skipped:
             self.log(f"[bench] {skipped} finished run(s) skipped")
         by_name = {r.name: r for r in runs}
-        pending, running, finished, claims = list(todo), {}, 0, {}
+        pending, running, finished = list(todo), {}, 0  # running: future -> (run, lock)
         with ThreadPoolExecutor(self.jobs) as pool:
             while pending or running:
                 for r in list(pending):
-                    used = sum(x.method.ranks for x in running.values())
+                    used = sum(x.method.ranks for x, _ in running.values())
                     if used and used + r.method.ranks > self.jobs:
                         break  # a run of more ranks than --jobs runs alone
                     dep = f"{r.method.after}.seed{r.seed}" if r.method.after else None
@@ -397,15 +397,14 @@ class Runner:
                         continue
                     resumed = os.path.isfile(os.path.join(r.dir, "checkpoint_last.pt"))
                     self.log(f"[bench] {r.name}: {'resuming' if resumed else 'starting'}")
-                    claims[r.name] = claim
-                    running[pool.submit(self._timed, r)] = r
+                    running[pool.submit(self._timed, r)] = r, claim
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    r = running.pop(fut)
+                    r, claim = running.pop(fut)
                     err, secs = fut.result()
-                    claims.pop(r.name).close()
+                    claim.close()
                     finished += 1
                     elapsed = time.time() - t0
                     left = total - finished
