@@ -121,6 +121,24 @@ def test_a_run_another_bench_is_training_is_left_to_it(tmp_path):
     assert "baseline.seed1" in trained
 
 
+def test_a_run_directory_deleted_before_its_turn_is_made_again(tmp_path):
+    import shutil
+
+    spec = load_spec(SMOKE)
+    runs = plan(spec, str(tmp_path), "/data")
+    seen = {}
+
+    def fake(run):
+        seen[run.name] = os.path.isdir(run.dir)
+        if run.name == "baseline.seed1":
+            shutil.rmtree(runs[1].dir)  # prune50.seed1's, already made by run_all
+
+    runner = Runner(spec, str(tmp_path), jobs=1, log=lambda *_: None)
+    runner._execute = fake
+    assert runner.run_all(runs)["prune50.seed1"] == "done"
+    assert seen == {"baseline.seed1": True, "prune50.seed1": True}
+
+
 def test_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path, capsys):
     out = tmp_path / "out"
     assert bench_main([SMOKE, "--out", str(out), "--methods", "baseline"]) == 0
