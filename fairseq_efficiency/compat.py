@@ -49,9 +49,21 @@ pruning event those losses belong to a denser model: ``checkpoint_best.pt``
 would keep the unpruned weights and ``--patience`` would stop training before
 the pruned model had recovered; during a curriculum they belong to a model
 trained on part of the data. :func:`restart_best_tracking` forgets both.
+
+Prefetch threads at exit
+------------------------
+fairseq's ``BufferedIterator`` collates the next batches on a daemon thread.
+A run that stops inside an epoch (``--max-update``, a stop signal) leaves that
+thread inside torch's C++ code when the interpreter exits; Python then ends it
+with ``pthread_exit`` through a C++ frame that may not unwind, and the process
+aborts ("terminate called without an active exception", exit status 134) after
+its checkpoints were written. With the plugin, each prefetch thread stops at
+its next batch when the interpreter starts to exit, and is joined
+(:func:`stop_prefetch_threads`).
 """
 import argparse
 import ast
+import atexit
 import collections
 import contextlib
 import dis
@@ -60,9 +72,13 @@ import io
 import logging
 import os
 import pickle
+import queue
 import shutil
 import sys
 import tempfile
+import threading
+import time
+import weakref
 
 import numpy as np
 import torch
@@ -454,6 +470,53 @@ def restart_best_tracking():
                 delattr(fn, attr)
 
 
+_EXITING = threading.Event()
+_PREFETCHERS = weakref.WeakSet()
+
+
+def _until_exit(source):
+    """``source``'s items until the interpreter starts to exit."""
+    for item in source:
+        if _EXITING.is_set():
+            return
+        yield item
+
+
+def _install_prefetch_stop():
+    """Make every ``BufferedIterator`` started from now on stoppable at exit."""
+    from fairseq.data import iterators
+
+    base = iterators.BackgroundConsumer
+    if getattr(base, "_stops_at_exit", False):
+        return
+
+    class BackgroundConsumer(base):
+        """fairseq's prefetch thread, ending at its next batch once the interpreter exits."""
+
+        _stops_at_exit = True
+
+        def __init__(self, queue, source, max_len, cuda_device):
+            super().__init__(queue, _until_exit(source), max_len, cuda_device)
+            _PREFETCHERS.add(self)
+
+    iterators.BackgroundConsumer = BackgroundConsumer
+    atexit.register(stop_prefetch_threads)
+
+
+def stop_prefetch_threads(timeout=10.0):
+    """Stop and join fairseq's prefetch threads (run at exit): each finishes the batch it is
+    collating, and its queue is emptied so that a thread waiting to put one returns. A thread
+    still busy after ``timeout`` seconds is left as it is."""
+    _EXITING.set()
+    deadline = time.monotonic() + timeout
+    for thread in list(_PREFETCHERS):
+        while thread.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    thread._queue.get_nowait()
+            thread.join(0.01)
+
+
 def install():
     """Idempotently install every shim."""
     global _INSTALLED
@@ -468,5 +531,6 @@ def install():
             dist_utils._broadcast_object_slow = _broadcast_object_slow
     _patch_fairseq_eval()
     install_checkpoint_shims()
+    _install_prefetch_stop()
     install_excepthook()  # refusals raised inside fairseq's code: one line, status 2
     _INSTALLED = True

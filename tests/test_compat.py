@@ -1,6 +1,9 @@
 """compat: config values parsed as literals only, checkpoints holding code refused, atomic
 copies that leave the old file or the whole new one, the resume fallback's candidates."""
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -8,6 +11,7 @@ import pytest
 from fairseq_efficiency.compat import (CheckpointError, UnsafeValueError, _fallback_candidates,
                                        atomic_copy, check_checkpoint_config, is_refusal,
                                        literal_list, literal_value, looks_like_code)
+from tests.helpers import cli_env
 
 
 def test_literal_values_and_bounded_list_arithmetic():
@@ -60,3 +64,51 @@ def test_fallback_candidates_are_the_other_checkpoints_newest_first(tmp_path):
     cands = [os.path.basename(p) for p in _fallback_candidates(str(tmp_path /
                                                                     "checkpoint_last-s.pt"))]
     assert cands == ["checkpoint_best-s.pt", "checkpoint1-s.pt"]
+
+
+EXIT_PROBE = '''
+import sys, time
+import torch
+from fairseq.data import iterators
+if sys.argv[1] == "plugin":
+    from fairseq_efficiency import compat
+    compat.install()
+
+def batches():  # each batch is made in torch's C++ code, with the GIL released
+    a = torch.randn(200, 200)
+    while True:
+        yield a @ a
+
+it = iterators.BufferedIterator(100000, range(100000))  # room for every batch: never waits
+it._iterable = batches()
+next(it)  # the prefetch thread is still making batches when the run ends
+time.sleep(0.05)
+'''
+
+
+def test_prefetch_thread_busy_at_exit_does_not_abort_the_run(tmp_path):
+    """A run stopping inside an epoch exits while fairseq's prefetch thread is in torch code."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(EXIT_PROBE)
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(probe), mode], capture_output=True,
+                              text=True, timeout=120, env=cli_env())
+
+    plain = run("plain")
+    if plain.returncode == 0:
+        pytest.skip("this Python ends daemon threads at exit without aborting")
+    assert plain.returncode == -signal.SIGABRT and "terminate called" in plain.stderr
+    res = run("plugin")
+    assert res.returncode == 0 and "terminate called" not in res.stderr, res.stderr[-2000:]
+
+
+def test_prefetching_still_yields_every_batch_in_order():
+    from fairseq.data import iterators
+
+    from fairseq_efficiency import compat
+
+    compat.install()
+    assert list(iterators.BufferedIterator(3, list(range(50)))) == list(range(50))
+    it = iterators.BufferedIterator(3, list(range(50)))
+    assert [next(it) for _ in range(5)] == list(range(5))
